@@ -1,0 +1,38 @@
+# selib: every target uses the local virtual environment .venv (created by `make setup`).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Two cores, as on Binder and CI: keep BLAS and torch from oversubscribing them.
+export OMP_NUM_THREADS ?= 2
+export MKL_NUM_THREADS ?= 2
+export OPENBLAS_NUM_THREADS ?= 2
+
+.PHONY: setup quickstart test lab notebooks bench
+
+setup: $(VENV)/.installed
+
+# Re-installs only when the package description changes.
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+quickstart: setup
+	$(BIN)/selib quickstart
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest --nbval-lax -p no:randomly notebooks --ignore=notebooks/runs
+
+lab: setup
+	$(BIN)/jupyter lab notebooks
+
+notebooks: setup
+	for nb in notebooks/[0-9]*.ipynb; do \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 "$$nb" || exit 1; \
+	done
+
+bench: setup
+	for script in benchmarks/bench_*.py; do $(BIN)/python "$$script" || exit 1; done

@@ -1,0 +1,3 @@
+from selib.cli import main
+
+raise SystemExit(main())
