@@ -1,0 +1,273 @@
+"""The one YAML schema that drives training runs, the CLI, the papermill notebook and the tests.
+
+:func:`load` merges a YAML file (or a dict) into :data:`DEFAULTS`, applies dotted overrides
+(``{"optim.epochs": 1}`` or ``["optim.epochs=1"]``), rejects unknown keys and bad values with an error
+that names the file, the key, the value and the valid choices, and resolves ``{seed}`` in the teacher
+checkpoint path. The result is a :class:`Config`: a nested dict with attribute access
+(``cfg.optim.lr``). Lesson ``06_training_teacher_student`` walks through a config.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+SAMPLE_RATE = 16000
+
+DEFAULTS: dict[str, Any] = {
+    "name": None,            # run name; None -> "<family>-<preset>-<kd method>"
+    "seed": 0,
+    "device": "auto",        # auto (CUDA when available) | cpu | cuda
+    "data": {"name": "embedded", "root": None, "segment_seconds": 2.0, "batch_size": 8,
+             "num_workers": 0, "train_limit": None, "valid_limit": None, "test_limit": None},
+    "model": {"family": "dccrn", "preset": "tiny-student", "overrides": {}},
+    "teacher": None,
+    "kd": {"method": "none", "weight": 1.0, "options": {}},
+    "loss": {"se": "sisnr"},
+    "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "epochs": 10, "max_steps": None,
+              "grad_clip": 5.0, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 2,
+              "amp": "auto", "checkpoint_every": 50},
+    "eval": {"metrics": ["pesq_wb", "stoi", "si_sdr"], "workers": 2, "every_epochs": 1},
+}
+TEACHER_DEFAULTS: dict[str, Any] = {"family": None, "preset": None, "checkpoint": None, "overrides": {}}
+# Free-form sections: passed as keyword arguments to the model / KD method, checked there.
+FREE_FORM = {"model.overrides", "teacher.overrides", "kd.options"}
+
+DATASETS = ("embedded", "voicebank", "dns2020")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("none", "cosine", "step", "plateau")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config selib cannot use; the message names the file, the key, the value and the fix."""
+
+
+class Config(dict):
+    """A validated config: a nested dict whose keys also read as attributes (``cfg.optim.lr``)."""
+
+    def __init__(self, data: Mapping[str, Any] = ()):
+        super().__init__({k: Config(v) if isinstance(v, Mapping) else v for k, v in dict(data).items()})
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"config has no key {key!r}; keys: {sorted(self)}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, deep-copied ``dict`` (what is dumped and stored in checkpoints)."""
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
+
+    def dump(self, path: str | Path) -> Path:
+        """Write the resolved config as YAML; :func:`load` reads it back to an equal config."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    def run_dir(self, root: str | Path = "runs") -> Path:
+        """The default run folder, ``<root>/<name>-s<seed>``."""
+        return Path(root) / f"{self.name}-s{self.seed}"
+
+
+def load(source: str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | Iterable[str] | None = None
+         ) -> Config:
+    """Load, merge with :data:`DEFAULTS`, override, validate and resolve a config.
+
+    ``source`` is a YAML file, a dict or a :class:`Config`; ``overrides`` maps dotted keys to values
+    (``{"data.batch_size": 2}``) or is a list of ``"key=value"`` strings whose values are parsed as YAML.
+    """
+    if isinstance(source, Mapping):
+        where, raw = "<config dict>", copy.deepcopy(dict(source))
+    else:
+        where = str(source)
+        if not Path(source).is_file():
+            raise ConfigError(f"{where}: no such config file; check the path (configs/ holds examples).")
+        try:
+            raw = yaml.safe_load(Path(source).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: not valid YAML ({err}).") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: the top level must be a mapping of keys, got {type(raw).__name__}.")
+    cfg = _merge(DEFAULTS, raw, "", where)
+    for key, value in parse_overrides(overrides).items():
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        cfg = _merge(cfg, value, "", f"{where} (override {key})")
+    _validate(cfg, where)
+    if cfg["name"] is None:
+        cfg["name"] = f"{cfg['model']['family']}-{cfg['model']['preset']}-{cfg['kd']['method']}"
+    if cfg["teacher"] is not None:
+        cfg["teacher"]["checkpoint"] = cfg["teacher"]["checkpoint"].replace("{seed}", str(cfg["seed"]))
+    return Config(cfg)
+
+
+def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
+    """``["optim.lr=1e-4", "teacher=null"]`` (CLI ``--set``) or a dict -> ``{dotted key: value}``."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.epochs=1).")
+        parsed[key.strip()] = yaml.safe_load(text)
+    return parsed
+
+
+def _free_form(path: str) -> bool:
+    return any(path == f or path.startswith(f + ".") for f in FREE_FORM)
+
+
+def _merge(current: Mapping[str, Any], given: Any, path: str, where: str) -> dict:
+    """``current`` (a section at dotted ``path``) updated with ``given``; unknown keys are errors."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"{where}: {path} = {given!r} must be a mapping with keys "
+                          f"{', '.join(sorted(current))}.")
+    out = copy.deepcopy(dict(current))
+    for key, value in given.items():
+        full = f"{path}.{key}" if path else str(key)
+        if _free_form(path):
+            nested = isinstance(value, Mapping) and isinstance(out.get(key), dict)
+            out[key] = _merge(out[key], value, full, where) if nested else copy.deepcopy(value)
+        elif key not in out:
+            raise ConfigError(f"{where}: unknown key {full!r}; valid keys here: {', '.join(sorted(out))}.")
+        elif full == "teacher":
+            out[key] = None if value is None else _merge(out[key] or TEACHER_DEFAULTS, value, full, where)
+        elif isinstance(out[key], dict):
+            out[key] = _merge(out[key], value, full, where)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation: one checker per key; each returns None or the text of the problem.
+
+def _choice(choices: Callable[[dict], Iterable[str]] | Iterable[str]):
+    def check(value, cfg):
+        valid = list(choices(cfg) if callable(choices) else choices)
+        return None if value in valid else f"choose one of: {', '.join(map(str, valid))}"
+    return check
+
+
+def _number(kind: type, low: float | None = None, optional: bool = False, strict: bool = False):
+    def check(value, cfg):
+        if value is None and optional:
+            return None
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            ok_type = isinstance(value, int) and not isinstance(value, bool)
+        if ok_type and (low is None or value > low or (value == low and not strict)):
+            return None
+        what = "an integer" if kind is int else "a number"
+        bound = "" if low is None else f" {'>' if strict else '>='} {low}"
+        return f"must be {what}{bound}" + (" or null" if optional else "")
+    return check
+
+
+def _string(optional: bool = False):
+    def check(value, cfg):
+        if isinstance(value, str) and value or (optional and value is None):
+            return None
+        return "must be a non-empty string" + (" or null" if optional else "")
+    return check
+
+
+def _mapping(value, cfg):
+    return None if isinstance(value, dict) else "must be a mapping (key: value)"
+
+
+def _metrics(value, cfg):
+    from selib.metrics import METRICS
+    if isinstance(value, list) and value and all(m in METRICS for m in value):
+        return None
+    return f"must be a non-empty list drawn from: {', '.join(METRICS)}"
+
+
+def _families(cfg):
+    from selib.models import FAMILIES
+    return sorted(FAMILIES)
+
+
+def _presets(section: str):
+    def choices(cfg):
+        from selib.models import FAMILIES, presets
+        family = cfg[section]["family"]
+        return sorted(presets(family)) if family in FAMILIES else []
+    return choices
+
+
+def _se_losses(cfg):
+    from selib.losses import LOSSES
+    return list(LOSSES)
+
+
+def _kd_methods(cfg):
+    from selib.kd import METHODS
+    return list(METHODS)
+
+
+RULES: dict[str, Callable[[Any, dict], str | None]] = {
+    "name": _string(optional=True),
+    "seed": _number(int, 0),
+    "device": _choice(DEVICES),
+    "data.name": _choice(DATASETS),
+    "data.root": _string(optional=True),
+    "data.segment_seconds": _number(float, 0, strict=True),
+    "data.batch_size": _number(int, 1),
+    "data.num_workers": _number(int, 0),
+    "data.train_limit": _number(int, 1, optional=True),
+    "data.valid_limit": _number(int, 1, optional=True),
+    "data.test_limit": _number(int, 1, optional=True),
+    "model.family": _choice(_families),
+    "model.preset": _choice(_presets("model")),
+    "model.overrides": _mapping,
+    "teacher.family": _choice(_families),
+    "teacher.preset": _choice(_presets("teacher")),
+    "teacher.checkpoint": _string(),
+    "teacher.overrides": _mapping,
+    "kd.method": _choice(_kd_methods),
+    "kd.weight": _number(float, 0),
+    "kd.options": _mapping,
+    "loss.se": _choice(_se_losses),
+    "optim.name": _choice(OPTIMIZERS),
+    "optim.lr": _number(float, 0, strict=True),
+    "optim.weight_decay": _number(float, 0),
+    "optim.epochs": _number(int, 1),
+    "optim.max_steps": _number(int, 1, optional=True),
+    "optim.grad_clip": _number(float, 0, optional=True, strict=True),
+    "optim.scheduler": _choice(SCHEDULERS),
+    "optim.step_size": _number(int, 1),
+    "optim.gamma": _number(float, 0, strict=True),
+    "optim.patience": _number(int, 0),
+    "optim.amp": _choice(AMP_MODES),
+    "optim.checkpoint_every": _number(int, 0),
+    "eval.metrics": _metrics,
+    "eval.workers": _number(int, 1, optional=True),
+    "eval.every_epochs": _number(int, 1),
+}
+
+
+def _validate(cfg: dict, where: str) -> None:
+    for key, check in RULES.items():
+        section, _, leaf = key.rpartition(".")
+        node = cfg[section] if section else cfg
+        if node is None:        # teacher: null
+            continue
+        problem = check(node[leaf], cfg)
+        if problem:
+            raise ConfigError(f"{where}: {key} = {node[leaf]!r} is not valid; {problem}.")
+    method = cfg["kd"]["method"]
+    if method == "none" and cfg["teacher"] is not None:
+        raise ConfigError(f"{where}: teacher is set but kd.method is 'none'; set teacher: null for a "
+                          "run without distillation, or pick a KD method.")
+    if method != "none" and cfg["teacher"] is None:
+        raise ConfigError(f"{where}: kd.method = {method!r} needs a teacher; add teacher: {{family, preset, "
+                          "checkpoint}} (e.g. checkpoint: runs/<teacher-name>-s{seed}/best.pt).")

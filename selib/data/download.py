@@ -1,0 +1,321 @@
+"""Public benchmark archives and a resumable, verified downloader (lesson ``00_data_and_listening``).
+
+``DATASETS`` lists what selib knows how to fetch; ``download(name, dest)`` fetches every archive of an
+entry over HTTP with resume (a ``.part`` file and an HTTP ``Range`` request), verifies it (SHA-256 when
+known, else the third-party MD5, plus the size the server announced, plus the archive's own CRCs) and
+only then unpacks it. A corrupted archive is moved aside as ``<name>.corrupt`` and nothing is unpacked.
+DNS2020 has no plain archive (its audio lives in Git LFS): its entry carries the recipe instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import shutil
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+GB, MB = 1000 ** 3, 1000 ** 2
+_CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download that failed or could not be verified; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One downloadable file. ``approx_bytes`` is for display and the disk-space check only;
+    ``md5`` is a third-party sum (unverified by selib); ``sha256`` is set once someone has checked it."""
+
+    filename: str
+    url: str
+    approx_bytes: int | None = None
+    md5: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registry entry: the archives unpacked into ``dest/<folder or name>/``, or a ``recipe`` for a
+    manual fetch. Entries sharing a folder share their archives (each is fetched once)."""
+
+    name: str
+    description: str
+    licence: str
+    landing: str
+    archives: tuple[Archive, ...] = ()
+    recipe: str | None = None
+    folder: str | None = None
+
+    @property
+    def approx_bytes(self) -> int | None:
+        sizes = [a.approx_bytes for a in self.archives]
+        return sum(sizes) if sizes and None not in sizes else None
+
+
+_VB_URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/2791/{}?sequence={}&isAllowed=y"
+_VB_LANDING = "https://datashare.ed.ac.uk/handle/10283/2791 (DOI 10.7488/ds/2117)"
+_VB_TEST = (
+    Archive("clean_testset_wav.zip", _VB_URL.format("clean_testset_wav.zip", 1), 147 * MB,
+            md5="34eb1c0ba7ef667e9b966866c542fc16"),
+    Archive("noisy_testset_wav.zip", _VB_URL.format("noisy_testset_wav.zip", 5), 163 * MB,
+            md5="fb1b86caa31e8ba5b506c0c64da9aab5"),
+)
+_VB_TRAIN = (
+    Archive("clean_trainset_28spk_wav.zip", _VB_URL.format("clean_trainset_28spk_wav.zip", 2),
+            2300 * MB, md5="d2d5a45ec32f8fcbf201bde0447e20ba"),
+    Archive("noisy_trainset_28spk_wav.zip", _VB_URL.format("noisy_trainset_28spk_wav.zip", 6),
+            2600 * MB, md5="1fca9e8bafb8cd069f6653c6d92f9e9c"),
+)
+
+_DNS_RECIPE = """\
+DNS Challenge 2020 has no plain archive: its audio is stored in Git LFS on the
+interspeech2020/master branch of microsoft/DNS-Challenge (a clone without LFS holds only pointers,
+and the 5.4 MB blob archive holds pointers too). Fetch the synthetic test set (about 200 MB) with
+git and git-lfs:
+
+  GIT_LFS_SKIP_SMUDGE=1 git clone --depth 1 --single-branch --branch interspeech2020/master \\
+      https://github.com/microsoft/DNS-Challenge.git {root}
+  cd {root}
+  git lfs install --local
+  git lfs pull --include "datasets/test_set/synthetic/**"
+
+The pairs are then in {root}/datasets/test_set/synthetic/{{no_reverb,with_reverb}}/{{clean,noisy}}/
+(paired by the trailing fileid_<N>). For training data also pull "datasets/clean/**" (64.8 GB) and
+"datasets/noise/**" (20.9 GB); LFS is slow and quota-limited (users report about 70 hours for
+everything)."""
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in (
+    Dataset("voicebank-test",
+            "VoiceBank+DEMAND test set: 824 clean/noisy pairs, speakers p232 and p257, 48 kHz WAV",
+            "CC BY 4.0 (DEMAND noise: CC BY-SA 3.0)", _VB_LANDING, _VB_TEST, folder="voicebank"),
+    Dataset("voicebank",
+            "VoiceBank+DEMAND, 28-speaker training set (11572 pairs) and test set (824 pairs), "
+            "48 kHz WAV",
+            "CC BY 4.0 (DEMAND noise: CC BY-SA 3.0)", _VB_LANDING, _VB_TRAIN + _VB_TEST),
+    Dataset("dns2020",
+            "DNS Challenge 2020 (Interspeech): synthetic test set of 150 + 150 pairs at 16 kHz; "
+            "500 h of training speech and noise",
+            "CC BY 4.0 (content), MIT (code)",
+            "https://github.com/microsoft/DNS-Challenge/tree/interspeech2020/master",
+            recipe=_DNS_RECIPE),
+)}
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / MB:.0f} MB"
+
+
+def describe(datasets: dict[str, Dataset] | None = None) -> list[str]:
+    """Lines describing every registry entry, for ``selib data list``."""
+    lines = []
+    for d in (DATASETS if datasets is None else datasets).values():
+        how = "manual (git LFS), see its recipe" if d.recipe else f"≈{_size(d.approx_bytes)}"
+        lines.append(f"{d.name}: {d.description}")
+        lines.append(f"    {how}; licence {d.licence}; {d.landing}")
+        for a in d.archives:
+            check = ("sha256" if a.sha256 else "md5 (third-party, unverified)" if a.md5
+                     else "size and archive CRC only")
+            lines.append(f"    - {a.filename} ≈{_size(a.approx_bytes)}, checked by {check}")
+    return lines
+
+
+def _entry(name: str | Dataset) -> Dataset:
+    if isinstance(name, Dataset):
+        return name
+    if name not in DATASETS:
+        raise DownloadError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} "
+                            "(`selib data list` describes them).")
+    return DATASETS[name]
+
+
+def download(name: str | Dataset, dest: str | Path = "data", *, keep_archives: bool = False,
+             verify: bool = True, retries: int = 3, timeout: float = 60.0,
+             progress: bool = True) -> Path:
+    """Fetch, verify and unpack every archive of a dataset into ``dest/<folder>/``; return that folder.
+
+    VoiceBank+DEMAND lands in ``dest/voicebank/{clean,noisy}_{testset,trainset_28spk}_wav/`` (48 kHz
+    WAV, as published); DNS2020 is fetched by hand into ``dest/dns2020/`` (the error shows how).
+
+    ``name`` is a key of :data:`DATASETS` or a :class:`Dataset`. An interrupted download resumes from
+    its ``.part`` file. ``verify=False`` skips the SHA-256/MD5 comparison (use it only if the
+    third-party MD5 is wrong and you have checked the file yourself); the size and archive CRC checks
+    always run. Archives already unpacked (a ``.<file>.done`` marker) are skipped.
+    """
+    entry = _entry(name)
+    root = Path(dest) / (entry.folder or entry.name)
+    if entry.recipe:
+        raise DownloadError(f"{entry.name} cannot be downloaded automatically.\n"
+                            + entry.recipe.format(root=root))
+    root.mkdir(parents=True, exist_ok=True)
+    todo = [a for a in entry.archives if not (root / f".{a.filename}.done").is_file()]
+    need = sum(a.approx_bytes or 0 for a in todo) * (1 if keep_archives else 2)
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise DownloadError(f"{root}: {entry.name} needs about {_size(need)} of disk for the archives "
+                            f"and their contents, but only {_size(free)} is free; "
+                            "choose another --dest.")
+    for archive in todo:
+        path = root / archive.filename
+        if not path.is_file():
+            _fetch(archive.url, path, retries=retries, timeout=timeout, progress=progress)
+        try:  # nothing is unpacked unless the checksum, the size and the archive's CRCs all pass
+            digest = _verify(archive, path, verify)
+            names = _members(path)
+        except DownloadError as err:
+            corrupt = path.replace(path.with_name(path.name + ".corrupt"))
+            raise DownloadError(f"{err} Nothing was unpacked; the file was kept aside as {corrupt}.") \
+                from None
+        _unpack(path, names, root)
+        (root / f".{archive.filename}.done").write_text(f"sha256 {digest}\n")
+        if not keep_archives:
+            path.unlink()
+    return root
+
+
+def _fetch(url: str, path: Path, *, retries: int, timeout: float, progress: bool) -> None:
+    """Download ``url`` to ``path`` through ``path.part``, resuming it with HTTP Range requests."""
+    part = path.with_name(path.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            if _fetch_once(url, part, timeout, progress):
+                part.replace(path)
+                return
+            reason = "the transfer stopped before the end of the file"
+        except urllib.error.HTTPError as err:
+            if err.code < 500:
+                raise DownloadError(
+                    f"HTTP {err.code} {err.reason} for {url} ({path.name}): the file is not there; "
+                    "check the URL or the dataset's landing page, it may have moved.") from err
+            reason = f"HTTP {err.code} {err.reason}"
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            reason = str(getattr(err, "reason", err))
+        if attempt < retries:
+            print(f"{path.name}: {reason}; resuming (attempt {attempt + 2} of {retries + 1})",
+                  file=sys.stderr)
+            time.sleep(min(2 ** attempt, 30))
+    raise DownloadError(f"{url}: download failed after {retries + 1} attempts ({reason}); "
+                        f"run the command again to resume from {part}.")
+
+
+def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> bool:
+    """One HTTP request continuing ``part``; True once it holds the whole file."""
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "selib-download"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # nothing left to send: the .part may already be complete
+            total = err.headers.get("Content-Range", "").rpartition("/")[2]
+            if total.isdigit() and int(total) == have:
+                return True
+            part.unlink()  # the .part is longer than the file: start again
+            return False
+        raise
+    with response:
+        if response.status == 206:
+            start, total = _content_range(response.headers.get("Content-Range", ""), url)
+            if start != have:
+                raise DownloadError(f"{url}: asked to resume at byte {have} but the server sent "
+                                    f"bytes from {start}; delete {part} and run again.")
+        else:  # 200: the server ignored the Range header, start from zero
+            have = 0
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        with open(part, "ab" if have else "wb") as out, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:-5],
+                disable=not progress, file=sys.stderr) as bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
+    size = part.stat().st_size
+    if total is None:
+        return True
+    if size > total:
+        part.unlink()
+        raise DownloadError(f"{url}: received {size} bytes but the server announced {total}; "
+                            "the partial file was removed, run again.")
+    return size == total
+
+
+def _content_range(header: str, url: str) -> tuple[int, int | None]:
+    """Parse ``bytes START-END/TOTAL`` (TOTAL may be ``*``)."""
+    try:
+        unit, _, spec = header.partition(" ")
+        span, _, total = spec.partition("/")
+        if unit != "bytes":
+            raise ValueError(unit)
+        return int(span.split("-")[0]), (int(total) if total != "*" else None)
+    except ValueError as err:
+        raise DownloadError(f"{url}: the server sent an invalid Content-Range {header!r}.") from err
+
+
+def _verify(archive: Archive, path: Path, check_sums: bool) -> str:
+    """Compare ``path`` with the archive's SHA-256 (else its MD5); return the SHA-256 hex digest."""
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+            md5.update(chunk)
+    if check_sums:
+        if archive.sha256 and sha.hexdigest() != archive.sha256.lower():
+            raise DownloadError(f"{path}: SHA-256 {sha.hexdigest()} differs from the registry's "
+                                f"{archive.sha256}: the file is corrupted. Run the download again.")
+        if not archive.sha256 and archive.md5 and md5.hexdigest() != archive.md5.lower():
+            raise DownloadError(
+                f"{path}: MD5 {md5.hexdigest()} differs from the third-party (unverified) "
+                f"{archive.md5}. Run the download again; if it differs again and the archive opens, "
+                "the published MD5 may be wrong: call selib.data.download.download(..., verify=False).")
+    return sha.hexdigest()
+
+
+def _members(path: Path) -> list[str]:
+    """Names inside a zip or tar archive, after checking the archive's integrity."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+                names = z.namelist()
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+            bad = err
+        if bad is not None:
+            raise DownloadError(f"{path}: the zip archive is damaged ({bad} fails its check). "
+                                "Run the download again.")
+        return names
+    if tarfile.is_tarfile(path):
+        try:
+            with tarfile.open(path) as t:
+                return t.getnames()
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise DownloadError(f"{path}: the tar archive is damaged ({err}); run the download "
+                                "again.") from err
+    raise DownloadError(f"{path}: not a zip or tar archive (perhaps an HTML error page); check the "
+                        "URL and run the download again.")
+
+
+def _unpack(path: Path, names: list[str], root: Path) -> None:
+    """Extract a verified zip or tar into ``root``, refusing members that would land outside it."""
+    for name in names:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+            raise DownloadError(f"{path}: member {name!r} would be written outside {root}; "
+                                "refusing to unpack this archive.")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            z.extractall(root)
+    else:
+        with tarfile.open(path) as t:
+            t.extractall(root, filter="data")

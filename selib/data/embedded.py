@@ -1,0 +1,186 @@
+"""The embedded offline corpus: eSpeak NG speech + synthetic noise, mixed with the DNS rules.
+
+``build_embedded`` writes ``<root>/<split>/{noisy,clean,noise}/<id>.wav`` (16 kHz, 16-bit PCM) and
+``<root>/manifest.json`` (every file with its SHA-256, duration, SNR, level, voice, text, noise type and
+noise parameters, plus the build parameters). The same parameters give byte-identical files and manifest;
+a second call with the same parameters and all files present does nothing.
+
+Splits differ in everything a model could memorise: disjoint voice sets (:data:`selib.data.tts.VOICES`),
+disjoint sentences (every 10th line of the sentence list is test, the next one valid), and noise drawn
+from split-specific seeds, with babble made of that split's voices and speech-shaped noise following that
+split's long-term spectrum. Train SNRs are drawn from {0, 5, 10, 15} dB; valid and test cycle through the
+fixed SNRs -5, 0, 5, 10, 15 dB so every test condition has the same number of mixtures.
+Lesson ``00_data_and_listening``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from selib.audio import check_waveform
+from selib.data.mixing import LEVEL_RANGE, TEST_SNRS, TRAIN_SNRS, snr_mix
+from selib.data.noise import NOISE_TYPES, ltas, make_noise
+from selib.data.tts import VOICES, Utterance, load_sentences, synthesize_many
+
+SPLITS = ("train", "valid", "test")
+SAMPLE_RATE = 16000
+FORMAT = 1
+BABBLE_POOL = 16      # TTS utterances per split that babble noise is built from
+MIN_WORDS = 9         # shorter sentences get a second one appended, so utterances last about 2-4 s
+_CODE = {"train": 0, "valid": 1, "test": 2}
+
+
+def build_embedded(root: str | Path = "data/embedded", seed: int = 0, n_train: int = 1000,
+                   n_valid: int = 100, n_test: int = 100, train_snrs=TRAIN_SNRS, test_snrs=TEST_SNRS,
+                   min_seconds: float = 2.0, max_seconds: float = 4.0, workers: int | None = None,
+                   verbose: bool = True) -> Path:
+    """Build (or reuse) the embedded corpus under ``root`` and return ``root`` (lesson 00).
+
+    ``n_*`` are the mixtures per split; utterances are cut to ``max_seconds`` and zero-padded to
+    ``min_seconds``; ``workers`` TTS processes run at once (the output does not depend on it).
+    """
+    root = Path(root)
+    params = {"seed": int(seed), "sizes": {"train": int(n_train), "valid": int(n_valid), "test": int(n_test)},
+              "train_snrs": [float(s) for s in train_snrs], "test_snrs": [float(s) for s in test_snrs],
+              "level_range": list(LEVEL_RANGE), "min_seconds": float(min_seconds),
+              "max_seconds": float(max_seconds), "noise_types": list(NOISE_TYPES),
+              "voices": {k: list(v) for k, v in VOICES.items()}, "babble_pool": BABBLE_POOL,
+              "espeakng_loader": version("espeakng-loader"), "format": FORMAT}
+    if not 0 < min_seconds <= max_seconds:
+        raise ValueError(f"need 0 < min_seconds <= max_seconds, got {min_seconds} and {max_seconds}")
+    if min(n_train, n_valid, n_test) < 1:
+        raise ValueError(f"every split needs at least one mixture, got sizes {params['sizes']}")
+    if _is_built(root, params):
+        return root
+    start = time.perf_counter()
+    plans = {split: _plan(split, params) for split in SPLITS}
+    requests = [u for split in SPLITS for u in plans[split]["speech"] + plans[split]["babble"]]
+    audio = iter(synthesize_many(requests, SAMPLE_RATE, workers))
+    for split in SPLITS:
+        plans[split]["speech"] = [(u, _fit(next(audio), min_seconds, max_seconds)) for u in plans[split]["speech"]]
+        plans[split]["babble"] = [_trim(next(audio)) for _ in plans[split]["babble"]]
+
+    for path in [root / "manifest.json", *(root / s for s in SPLITS)]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    manifest = {"format": FORMAT, "sample_rate": SAMPLE_RATE, "params": params,
+                "splits": {split: _mix_split(root, split, plans[split], params) for split in SPLITS}}
+    tmp = root / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(root / "manifest.json")
+    if verbose:
+        n = sum(params["sizes"].values())
+        print(f"built the embedded corpus ({n} mixtures) in {root} in {time.perf_counter() - start:.1f} s")
+    return root
+
+
+def load_manifest(root: str | Path) -> dict:
+    """The parsed ``manifest.json`` of an embedded corpus; a clear error if it is missing."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no embedded corpus here; build it with "
+                                f"selib.data.build_embedded({str(Path(root))!r}) (takes seconds).")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _is_built(root: Path, params: dict) -> bool:
+    path = root / "manifest.json"
+    if not path.is_file():
+        return False
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+    if manifest.get("params") != json.loads(json.dumps(params)):
+        return False
+    return all((root / item[key]).is_file() for items in manifest["splits"].values()
+               for item in items for key in ("noisy", "clean", "noise"))
+
+
+def _sentences(split: str) -> list[str]:
+    """Disjoint sentence sets: line j goes to test if j % 10 == 0, valid if j % 10 == 1, else train."""
+    lines = load_sentences()
+    keep = {"test": lambda j: j % 10 == 0, "valid": lambda j: j % 10 == 1, "train": lambda j: j % 10 > 1}
+    return [s for j, s in enumerate(lines) if keep[split](j)]
+
+
+def _plan(split: str, params: dict) -> dict:
+    """What to say, with which voice, pitch and rate: the speech and babble-pool utterances of a split."""
+    rng = np.random.default_rng([params["seed"], _CODE[split], 0])
+    sentences, voices = _sentences(split), params["voices"][split]
+
+    def utterance() -> Utterance:
+        text = sentences[rng.integers(len(sentences))]
+        while len(text.split()) < MIN_WORDS:
+            text += " " + sentences[rng.integers(len(sentences))]
+        return Utterance(text, voices[rng.integers(len(voices))], int(rng.integers(30, 71)),
+                         int(rng.integers(150, 196)))
+
+    speech = [utterance() for _ in range(params["sizes"][split])]
+    return {"speech": speech, "babble": [utterance() for _ in range(BABBLE_POOL)]}
+
+
+def _trim(x: np.ndarray, margin: float = 0.1) -> np.ndarray:
+    """Cut leading and trailing silence (below 0.1 % of the peak), keeping ``margin`` seconds."""
+    loud = np.flatnonzero(np.abs(x) > 1e-3 * np.abs(x).max())
+    pad = int(margin * SAMPLE_RATE)
+    return x[max(0, loud[0] - pad):loud[-1] + pad + 1]
+
+
+def _fit(x: np.ndarray, min_seconds: float, max_seconds: float) -> np.ndarray:
+    """Trimmed speech cut to ``max_seconds`` (20 ms fade-out) and zero-padded to ``min_seconds``."""
+    x = _trim(x)
+    longest, shortest = int(max_seconds * SAMPLE_RATE), int(min_seconds * SAMPLE_RATE)
+    if len(x) > longest:
+        x = x[:longest].copy()
+        fade = int(0.02 * SAMPLE_RATE)
+        x[-fade:] *= np.linspace(1.0, 0.0, fade)
+    return np.pad(x, (0, max(0, shortest - len(x))))
+
+
+def _write_wav(path: Path, wav: np.ndarray) -> str:
+    """Write 16-bit PCM at 16 kHz and return its SHA-256. Encoding in memory avoids the fsync that
+    ``soundfile`` issues when it closes a real file (6x slower for thousands of small files)."""
+    check_waveform(wav, str(path))
+    buffer = io.BytesIO()
+    sf.write(buffer, wav, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def _mix_split(root: Path, split: str, plan: dict, params: dict) -> list[dict]:
+    """Noise, mix and write every mixture of ``split``; returns its manifest entries."""
+    speech = plan["speech"]
+    spectrum = ltas([x for _, x in speech])
+    kinds = params["noise_types"]
+    items = []
+    for i, (utt, clean) in enumerate(speech):
+        rng = np.random.default_rng([params["seed"], _CODE[split], 1, i])
+        kind = kinds[i % len(kinds)]
+        if split == "train":
+            snr = float(rng.choice(params["train_snrs"]))
+        else:
+            snr = params["test_snrs"][i % len(params["test_snrs"])]
+        level = round(float(rng.uniform(*params["level_range"])), 2)
+        noise, noise_params = make_noise(kind, rng, len(clean), spectrum=spectrum, pool=plan["babble"])
+        noisy, clean_out, noise, info = snr_mix(clean, noise, snr, level)
+        item_id = f"{split}_{i:04d}"
+        item = {"id": item_id, "seconds": round(len(clean) / SAMPLE_RATE, 4), "samples": len(clean),
+                "voice": utt.voice, "pitch": utt.pitch, "rate": utt.rate, "text": utt.text,
+                "noise_type": kind, "noise_params": noise_params, **info, "sha256": {}}
+        for key, wav in (("noisy", noisy), ("clean", clean_out), ("noise", noise)):
+            item[key] = f"{split}/{key}/{item_id}.wav"
+            item["sha256"][key] = _write_wav(root / item[key], wav)
+        items.append(item)
+    return items

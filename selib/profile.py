@@ -1,0 +1,138 @@
+"""How big and how fast a model is: parameters, MACs per second of audio, real-time factor.
+
+Lesson ``11_results_and_deployment`` (and the teacher/student sizes of ``06_training_teacher_student``).
+
+MACs are counted by running the model once on ``seconds`` of noise under
+``torch.utils.flop_counter.FlopCounterMode`` and halving its FLOPs (one multiply-accumulate = 2 FLOPs).
+That counter sees matrix products and convolutions but, on the CPU, misses the fused kernels: LSTMs
+entirely, and the attention products (and, in inference mode, everything) of ``nn.MultiheadAttention``.
+So inside every ``nn.LSTM``, ``nn.GRU`` and ``nn.MultiheadAttention`` the counter's figure is replaced by
+the closed form, from the shapes the module saw (biases, norms and activations are not counted):
+
+- LSTM / GRU, per layer, direction and time step: ``4 H (I + H)`` / ``3 H (I + H)``;
+- multi-head attention over ``Lq`` queries and ``Lk`` keys of width ``E``:
+  ``Lq E^2 + Lk E (kdim + vdim) + Lq E^2`` (projections) ``+ 2 Lq Lk E`` (scores and weighted sum).
+
+The real-time factor is wall time / audio duration for one forward pass on the model's device
+(inference mode, batch 1), the median of ``runs`` timed runs after one warm-up run.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+from torch.utils.flop_counter import FlopCounterMode
+
+from selib.models.base import FAMILIES, build, presets as family_presets
+
+_RNN_GATES = {nn.LSTM: 4, nn.GRU: 3}
+
+
+def _rnn_macs(module: nn.RNNBase, args: tuple, kwargs: dict) -> int:
+    x = args[0] if args else kwargs["input"]
+    x = x.data if isinstance(x, PackedSequence) else x
+    steps = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]  # batch x time (or time alone)
+    directions = 2 if module.bidirectional else 1
+    width, hidden = module.input_size, module.hidden_size
+    macs = 0
+    for _ in range(module.num_layers):
+        macs += directions * _RNN_GATES[type(module)] * hidden * (width + hidden)
+        width = hidden * directions
+    return macs * steps
+
+
+def _attention_macs(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> int:
+    named = {**dict(zip(("query", "key"), args)), **kwargs}
+    query, key = named["query"], named["key"]
+    seq_axis = 1 if module.batch_first else 0
+    lq, lk = query.shape[seq_axis], key.shape[seq_axis]
+    batch = query.numel() // (lq * module.embed_dim)
+    e = module.embed_dim
+    return batch * (2 * lq * e * e + lk * e * (module.kdim + module.vdim) + 2 * lq * lk * e)
+
+
+def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """MACs of one forward pass ``model(*inputs)`` (method in the module docstring)."""
+    closed_form: dict[str, int] = {}
+    hooks = []
+    root = type(model).__name__
+    for name, module in model.named_modules():
+        if type(module) in _RNN_GATES or isinstance(module, nn.MultiheadAttention):
+            formula = _attention_macs if isinstance(module, nn.MultiheadAttention) else _rnn_macs
+            key = f"{root}.{name}" if name else root
+
+            def hook(mod, args, kwargs, output, key=key, formula=formula):
+                closed_form[key] = closed_form.get(key, 0) + formula(mod, args, kwargs)
+
+            hooks.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    per_module = counter.get_flop_counts()
+    counted = sum(sum(per_module.get(key, {}).values()) for key in closed_form)
+    return (counter.get_total_flops() - counted) // 2 + sum(closed_form.values())
+
+
+def profile_model(model: nn.Module, seconds: float = 1.0, runs: int = 3) -> dict:
+    """``dict(params, macs_per_second, rtf)`` of a waveform model on ``seconds`` of audio at its rate."""
+    if seconds <= 0 or runs < 1:
+        raise ValueError(f"profile_model needs seconds > 0 and runs >= 1, got seconds={seconds}, runs={runs}")
+    rate = getattr(model, "sample_rate", 16000)
+    device = next(model.parameters()).device
+    wav = torch.randn(1, max(1, round(seconds * rate)), generator=torch.Generator().manual_seed(0)).to(device)
+    duration = wav.shape[-1] / rate
+    was_training = model.training
+    model.eval()
+    try:
+        macs = count_macs(model, wav)
+        times = []
+        with torch.inference_mode():
+            for i in range(runs + 1):
+                start = time.perf_counter()
+                model(wav)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i:  # the first run warms up
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs_per_second": macs / duration,
+        "rtf": statistics.median(times) / duration,
+    }
+
+
+def profile_table(families=None, presets=None, seconds: float = 1.0, runs: int = 3) -> list[dict]:
+    """One row ``{family, preset, params, macs_per_second, rtf}`` per registered preset.
+
+    ``families`` / ``presets`` (iterables of names) restrict the table; by default every preset of every
+    family in :data:`selib.models.FAMILIES`.
+    """
+    families = list(FAMILIES) if families is None else list(families)
+    rows = []
+    for family in families:
+        names = family_presets(family)
+        wanted = names if presets is None else [p for p in presets if p in names]
+        if presets is not None and not wanted:
+            raise ValueError(f"none of the presets {list(presets)} exists for {family!r}; it has {sorted(names)}")
+        for preset in wanted:
+            torch.manual_seed(0)
+            figures = profile_model(build(family, preset), seconds=seconds, runs=runs)
+            rows.append({"family": family, "preset": preset, **figures})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of :func:`profile_table` as a Markdown table (M params, GMAC/s, RTF)."""
+    lines = ["| family | preset | params (M) | GMAC/s | RTF |", "|---|---|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['family']} | {row['preset']} | {row['params'] / 1e6:.3f} | "
+                     f"{row['macs_per_second'] / 1e9:.3f} | {row['rtf']:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,582 @@
+"""Training teachers and students: the :class:`Trainer` (lesson ``06_training_teacher_student``).
+
+One loop serves every run: a teacher (``kd.method: none``, no teacher) or a student distilled from a
+frozen teacher by any :mod:`selib.kd` method. It checkpoints ``last.pt`` every epoch and every
+``optim.checkpoint_every`` steps and ``best.pt`` by validation SI-SDR, and resumes *exactly*: the data
+order is a pure function of ``(seed, epoch)``, a resumed run skips the batches already consumed and
+restores every random state, so a run killed mid-epoch ends with the same weights as one never stopped.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the same code runs distributed data parallel (gloo on CPU, NCCL
+on GPU): ``data.batch_size`` is the *global* batch; each of the W ranks takes its own slice of
+``batch_size / W`` items of every global batch, so the averaged gradient is the single-process one.
+Only rank 0 writes files. Command line::
+
+    torchrun --nproc_per_node 2 -m selib.train CONFIG --run-dir DIR [--set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from selib import kd, models
+from selib.config import Config, ConfigError, load
+
+SPLIT_BIN_HZ = 31.25   # DFKD split histogram resolution: one bin of the 512-point STFT at 16 kHz
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+def progress_enabled() -> bool:
+    """Progress bars on a terminal or in a notebook; off in CI, in logs and with ``SELIB_PROGRESS=0``."""
+    if os.environ.get("SELIB_PROGRESS") is not None:
+        return os.environ["SELIB_PROGRESS"] not in ("0", "", "false", "no")
+    if os.environ.get("CI"):
+        return False
+    in_kernel = "ipykernel" in sys.modules
+    return in_kernel or sys.stderr.isatty()
+
+
+class EpochBatches(Sampler):
+    """The batches of one epoch: a permutation seeded by ``(seed, epoch)`` cut into global batches
+    (the incomplete last one dropped); rank ``rank`` of ``world`` takes its slice of each; iteration
+    starts at global batch ``start`` (resuming mid-epoch)."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                 world: int = 1, start: int = 0):
+        self.n_items, self.n_batches = n_items, n_items // batch_size
+        self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
+        self.rank, self.world, self.start = rank, world, start
+
+    def __len__(self) -> int:
+        return self.n_batches - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.n_items, generator=epoch_generator(self.seed, self.epoch))
+        per_rank = self.batch_size // self.world
+        for b in range(self.start, self.n_batches):
+            batch = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random generator of one epoch's data order (a pure function of ``seed`` and ``epoch``)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state (torch CPU/CUDA, numpy, python) as tensors and lists, so that a checkpoint
+    holding it loads with ``torch.load(..., weights_only=True)``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": [version, list(py_state), py_gauss]}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+
+
+class _Objective(nn.Module):
+    """Student and distiller as one module, so that DDP averages the gradients of both."""
+
+    def __init__(self, student: nn.Module, distiller: nn.Module):
+        super().__init__()
+        self.student, self.distiller = student, distiller
+
+    def forward(self, noisy, clean, teacher_out=None, teacher_features=None):
+        student_features = None
+        if self.distiller.needs_features:
+            out, student_features = self.student(noisy, return_features=True)
+        else:
+            out = self.student(noisy)
+        return self.distiller(out, clean, noisy, teacher_out=teacher_out,
+                              student_features=student_features, teacher_features=teacher_features)
+
+
+def _init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the ``torchrun`` process group when ``WORLD_SIZE > 1``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda' but no CUDA GPU is visible; set device: auto or cpu.")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if not use_cuda:
+        return rank, world, torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return rank, world, torch.device("cuda", local)
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: AMP runs on CUDA only (``auto`` = bf16 where supported, else fp16)."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+# Keys a resumed run may change (longer schedules, evaluation settings, loader workers).
+RESUMABLE_CHANGES = ("optim.epochs", "optim.max_steps", "optim.checkpoint_every", "data.num_workers",
+                     "data.test_limit", "eval.", "device")
+
+
+class Trainer:
+    """Fit a model from a config and test it (lesson ``06_training_teacher_student``).
+
+    ``fit()`` resumes from ``run_dir/last.pt`` when present; ``test()`` enhances the test split with
+    ``best.pt`` and writes ``metrics.json`` and ``scores.csv``. ``datasets`` may map ``train``,
+    ``valid`` and/or ``test`` to your own datasets (items ``{"id", "noisy", "clean"}``) instead of
+    ``selib.data.get_dataset``.
+    """
+
+    def __init__(self, config: Config | Mapping | str | Path, run_dir: str | Path,
+                 datasets: Mapping[str, Dataset] | None = None):
+        self.cfg = config if isinstance(config, Config) else load(config)
+        self.run_dir = Path(run_dir)
+        self.rank, self.world, self.device = _init_distributed(self.cfg.device)
+        self.progress = progress_enabled() and self.rank == 0
+        self._datasets = dict(datasets or {})
+        cfg, data = self.cfg, self.cfg.data
+        if data.batch_size % self.world:
+            raise ConfigError(f"data.batch_size = {data.batch_size} is the global batch and must divide "
+                              f"evenly over {self.world} processes; pick a multiple of {self.world}.")
+        self.batch_per_rank = data.batch_size // self.world
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.dump(self.run_dir / "config.yaml")
+
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.train_set = self._dataset("train")
+        self.n_batches = len(self.train_set) // data.batch_size
+        if self.n_batches == 0:
+            raise ConfigError(f"the train split has {len(self.train_set)} items, fewer than one batch of "
+                              f"data.batch_size = {data.batch_size}; lower the batch size or raise "
+                              "data.train_limit.")
+        self.student = models.build(cfg.model.family, cfg.model.preset, **cfg.model.overrides).to(self.device)
+        self.teacher = self._load_teacher() if cfg.teacher is not None else None
+        self.segment_samples = int(round(data.segment_seconds * self.student.sample_rate))
+        self.distiller = kd.build(cfg.kd.method, self.student, self.teacher, weight=cfg.kd.weight,
+                                  options=dict(cfg.kd.options), se_loss=cfg.loss.se,
+                                  batch_size=self.batch_per_rank,
+                                  segment_samples=self.segment_samples).to(self.device)
+        frozen = {id(p) for p in self.student.parameters()}
+        frozen |= {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
+        self.params = list(self.student.parameters()) + [
+            p for p in self.distiller.parameters() if p.requires_grad and id(p) not in frozen]
+        optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
+        self.optimizer = optimizer(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.total_steps = min(cfg.optim.epochs * self.n_batches, cfg.optim.max_steps or math.inf)
+        self.scheduler = self._scheduler()
+        self.amp_dtype = _amp_dtype(cfg.optim.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.epoch = self.batch = self.step = 0
+        self.best = -math.inf
+        self.history: list[dict[str, Any]] = []
+        self.running = self._new_running()
+        self.objective = _Objective(self.student, self.distiller)
+        self._resume()
+        if self.world > 1:
+            has_own = len(self.params) > sum(1 for _ in self.student.parameters())
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.objective = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=ids, find_unused_parameters=has_own)
+
+    # ------------------------------------------------------------------ building
+    def _dataset(self, split: str) -> Dataset:
+        if split in self._datasets:
+            return self._datasets[split]
+        from selib.data import get_dataset
+        data = self.cfg.data
+        segment = data.segment_seconds if split == "train" else None
+        return get_dataset(data.name, split, root=data.root, segment_seconds=segment, seed=self.cfg.seed,
+                           limit=data[f"{split}_limit"])
+
+    def _load_teacher(self) -> nn.Module:
+        spec = self.cfg.teacher
+        path = Path(spec.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"teacher checkpoint {path} not found; train the teacher first (selib train <teacher "
+                "config>) or fix teacher.checkpoint in the config.")
+        teacher = models.build(spec.family, spec.preset, **spec.overrides)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            teacher.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as err:
+            raise ValueError(f"{path}: does not hold the weights of a {spec.family} {spec.preset!r} model "
+                             f"({err}); check teacher.family/preset/overrides against the teacher's "
+                             "config.yaml.") from err
+        teacher.requires_grad_(False)
+        return teacher.to(self.device).eval()
+
+    def _scheduler(self):
+        o = self.cfg.optim
+        if o.scheduler == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
+        if o.scheduler == "step":
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.step_size, gamma=o.gamma)
+        if o.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=o.gamma,
+                                                              patience=o.patience)
+        return None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _new_running(self) -> dict[str, Any]:
+        return {"n": 0, "sums": {}, "split_hist": torch.zeros(int(8000 / SPLIT_BIN_HZ) + 1, dtype=torch.long),
+                "seconds": 0.0}
+
+    def _state(self) -> dict[str, Any]:
+        rng = rng_state()
+        if self.world > 1:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, rng)
+            rng = gathered
+        else:
+            rng = [rng]
+        return {"model": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "kd": self.distiller.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng,
+                "epoch": self.epoch, "batch": self.batch, "step": self.step, "best": self.best,
+                "history": self.history, "running": self.running, "world_size": self.world,
+                "config": self.cfg.to_dict()}
+
+    def save(self, name: str = "last.pt") -> Path:
+        """Write a checkpoint atomically (rank 0; every rank must call it under DDP)."""
+        if not all(torch.isfinite(p).all() for p in self.params):
+            raise TrainingDiverged(f"the weights hold NaN/Inf after step {self.step}; "
+                                   f"{self._last_good()} Lower optim.lr or set optim.grad_clip.")
+        state, path = self._state(), self.run_dir / name
+        if self.rank == 0:
+            tmp = path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        return path
+
+    def _last_good(self) -> str:
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            return "no checkpoint was written before it."
+        step = torch.load(path, map_location="cpu", weights_only=True)["step"]
+        return f"the last good checkpoint is {path} (step {step})."
+
+    def _resume(self) -> None:
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        old, new = _flatten(state["config"]), _flatten(self.cfg.to_dict())
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                         and not k.startswith(RESUMABLE_CHANGES))
+        if changed:
+            raise ConfigError(f"{path}: was written with another config ({', '.join(changed)} differ); use a "
+                              "new --run-dir, or delete last.pt to start this run from scratch.")
+        self.student.load_state_dict(state["model"])
+        self.distiller.load_state_dict(state["kd"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        set_rng_state(rng[self.rank] if len(rng) == self.world else rng[0])
+        for key in ("epoch", "batch", "step", "best", "history", "running"):
+            setattr(self, key, state[key])
+        self._log(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
+
+    # ------------------------------------------------------------------ training
+    def _finished(self) -> bool:
+        return self.epoch >= self.cfg.optim.epochs or self.step >= self.total_steps
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train until ``optim.epochs`` (or ``optim.max_steps``); returns the per-epoch history."""
+        self._log(f"training {self.cfg.name}: {self.cfg.model.family} {self.cfg.model.preset} "
+                  f"({self.student.n_params:,} parameters), kd {self.cfg.kd.method}, {self.n_batches} "
+                  f"batches of {self.cfg.data.batch_size} per epoch, {self.world} process(es), {self.device}")
+        while not self._finished() or self.batch > 0:     # batch > 0: an epoch left open by a kill
+            if self.step < self.total_steps:
+                self._train_epoch()
+            self._end_epoch()
+        if self.world > 1:
+            dist.barrier()
+        return self.history
+
+    def _train_epoch(self) -> None:
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)
+        sampler = EpochBatches(len(self.train_set), self.cfg.data.batch_size, self.cfg.seed, self.epoch,
+                               self.rank, self.world, start=self.batch)
+        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
+                            generator=epoch_generator(self.cfg.seed, self.epoch),
+                            pin_memory=self.device.type == "cuda")
+        from tqdm.auto import tqdm
+        bar = tqdm(total=self.n_batches, initial=self.batch, disable=not self.progress, leave=False,
+                   desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", unit="batch")
+        self._set_train(True)
+        started = time.perf_counter()
+        for batch in loader:
+            parts = self._train_step(batch)
+            self.batch += 1
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            every = self.cfg.optim.checkpoint_every
+            if every and self.step % every == 0:
+                self.running["seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                self.save("last.pt")
+            if self.step >= self.total_steps:
+                break
+        bar.close()
+        self.running["seconds"] += time.perf_counter() - started
+
+    def _train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        noisy = batch["noisy"].to(self.device, non_blocking=True)
+        clean = batch["clean"].to(self.device, non_blocking=True)
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else nullcontext())
+        with autocast:
+            teacher_out = teacher_features = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    if self.distiller.needs_features:
+                        teacher_out, teacher_features = self.teacher(noisy, return_features=True)
+                    else:
+                        teacher_out = self.teacher(noisy)
+            loss, parts = self.objective(noisy, clean, teacher_out, teacher_features)
+        self._check_finite(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.cfg.optim.scheduler == "cosine":
+            self.scheduler.step()
+        parts = {"loss": float(loss.detach()), **parts}
+        self._accumulate(parts)
+        return parts
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.world > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            raise TrainingDiverged(
+                f"the loss is {float(loss):.4g} at step {self.step + 1} (epoch {self.epoch + 1}, batch "
+                f"{self.batch + 1}); {self._last_good()} Resume from it with a lower optim.lr, a smaller "
+                "optim.grad_clip or optim.amp: off, and check the data for NaN/Inf.")
+
+    def _accumulate(self, parts: Mapping[str, float]) -> None:
+        running = self.running
+        running["n"] += 1
+        for key, value in parts.items():
+            running["sums"][key] = running["sums"].get(key, 0.0) + float(value)
+        split_hz = getattr(self.distiller, "last_split_hz", None)
+        if split_hz is not None:
+            bins = (split_hz / SPLIT_BIN_HZ).round().long().clamp(0, len(running["split_hist"]) - 1)
+            running["split_hist"] += torch.bincount(bins, minlength=len(running["split_hist"]))
+
+    def _set_train(self, mode: bool) -> None:
+        self.objective.train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    def _end_epoch(self) -> None:
+        """Validate, step the epoch schedulers, log, checkpoint ``last.pt`` (and ``best.pt``)."""
+        cfg = self.cfg
+        last = self.epoch + 1 >= cfg.optim.epochs or self.step >= self.total_steps
+        valid = self.validate() if last or (self.epoch + 1) % cfg.eval.every_epochs == 0 else None
+        record = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+        record.update(self._epoch_means())
+        record["valid_si_sdr"] = valid
+        record["seconds"] = self.running["seconds"]
+        if cfg.optim.scheduler == "step":
+            self.scheduler.step()
+        elif cfg.optim.scheduler == "plateau" and valid is not None:
+            self.scheduler.step(valid)
+        improved = valid is not None and valid > self.best
+        if improved:
+            self.best = valid
+        self.history.append(record)
+        self.epoch, self.batch, self.running = self.epoch + 1, 0, self._new_running()
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+        if self.rank == 0:
+            (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                          if isinstance(v, float) and not k.startswith("split_hz_hist"))
+        self._log(f"epoch {record['epoch']}/{cfg.optim.epochs} step {self.step}: {shown}"
+                  + (" (best)" if improved else ""))
+
+    def _epoch_means(self) -> dict[str, Any]:
+        running = self.running
+        names = sorted(running["sums"])
+        stats = torch.tensor([running["n"]] + [running["sums"][k] for k in names], dtype=torch.float64)
+        hist = running["split_hist"].clone()
+        if self.world > 1:
+            dist.all_reduce(stats)
+            dist.all_reduce(hist)
+        out = {f"train_{k}": float(v / max(stats[0], 1)) for k, v in zip(names, stats[1:])}
+        if hist.sum() > 0:
+            cdf = hist.cumsum(0).double() / hist.sum()
+            for q in (0.1, 0.5, 0.9):
+                out[f"split_hz_q{int(q * 100)}"] = float(torch.searchsorted(cdf, q).item() * SPLIT_BIN_HZ)
+            out["split_hz_hist"] = hist.tolist()
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean SI-SDR (dB) of the student on the whole validation utterances (shared over ranks)."""
+        from selib.metrics import si_sdr_torch
+        valid = self._dataset("valid")
+        self._set_train(False)
+        total = torch.zeros(2, dtype=torch.float64)
+        for i in range(self.rank, len(valid), self.world):
+            item = valid[i]
+            est = self.student(item["noisy"].to(self.device)[None])
+            total += torch.tensor([float(si_sdr_torch(est.float(), item["clean"].to(self.device)[None])[0]), 1.0],
+                                  dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(total)
+        self._set_train(True)
+        if total[1] == 0:
+            raise ConfigError("the valid split is empty; raise data.valid_limit or check the dataset.")
+        return float(total[0] / total[1])
+
+    # ------------------------------------------------------------------ testing
+    @torch.no_grad()
+    def test(self) -> dict[str, Any]:
+        """Enhance the test split with ``best.pt``; write ``metrics.json`` and ``scores.csv`` (rank 0)."""
+        if self.rank != 0:
+            return {}
+        from tqdm.auto import tqdm
+
+        from selib.metrics import evaluate
+        best = self.run_dir / "best.pt"
+        if not best.is_file():
+            raise FileNotFoundError(f"{best} not found; run fit() first (it writes best.pt).")
+        state = torch.load(best, map_location=self.device, weights_only=True)
+        model = models.build(self.cfg.model.family, self.cfg.model.preset, **self.cfg.model.overrides)
+        model.load_state_dict(state["model"])
+        model.to(self.device).eval()
+        test_set = self._dataset("test")
+        started = time.perf_counter()
+        items, audio_seconds = [], 0.0
+        for i in tqdm(range(len(test_set)), disable=not self.progress, desc="enhance test", leave=False):
+            item = test_set[i]
+            est = model(item["noisy"].to(self.device)[None])[0].float().cpu().numpy()
+            items.append((item["id"], est, item["clean"].numpy()))
+            audio_seconds += len(est) / model.sample_rate
+        enhance_seconds = time.perf_counter() - started
+        result = evaluate(items, metrics=tuple(self.cfg.eval.metrics), workers=self.cfg.eval.workers,
+                          csv_path=self.run_dir / "scores.csv")
+        summary = {
+            "name": self.cfg.name, "summary": result.summary,
+            "model": {"family": model.family, "preset": model.preset, "params": model.n_params},
+            "checkpoint": {"path": str(best), "epoch": state["epoch"], "step": state["step"],
+                           "valid_si_sdr": state["best"]},
+            "timing": {"train_seconds": sum(r["seconds"] for r in state["history"]),
+                       "enhance_seconds": enhance_seconds, "test_audio_seconds": audio_seconds,
+                       "eval_seconds": time.perf_counter() - started - enhance_seconds},
+            "history": self.history, "config": self.cfg.to_dict(),
+        }
+        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
+        self._log(f"test: " + ", ".join(f"{k} {v['mean']:.4g}" for k, v in result.summary.items()
+                                         if isinstance(v, Mapping) and "mean" in v))
+        return summary
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, message: str) -> None:
+        """One line to ``run_dir/train.log`` and to stdout (rank 0 only)."""
+        if self.rank != 0:
+            return
+        with open(self.run_dir / "train.log", "a") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        if self.progress:
+            from tqdm.auto import tqdm
+            tqdm.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        """Leave the process group joined in ``__init__`` (under ``torchrun``)."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(config: Config | Mapping | str | Path, run_dir: str | Path | None = None,
+        overrides: Mapping[str, Any] | list[str] | None = None, datasets: Mapping[str, Dataset] | None = None,
+        test: bool = True) -> dict[str, Any]:
+    """Fit and test one run: ``config.yaml``, checkpoints, ``train.log``, ``history.json``,
+    ``metrics.json`` and ``scores.csv`` in ``run_dir`` (default ``runs/<name>-s<seed>``). Returns the
+    ``metrics.json`` content (empty on ranks other than 0, and without ``test``)."""
+    cfg = load(config, overrides)
+    trainer = Trainer(cfg, run_dir or cfg.run_dir(), datasets=datasets)
+    try:
+        trainer.fit()
+        return trainer.test() if test else {}
+    finally:
+        trainer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m selib.train CONFIG [--run-dir DIR] [--set key=value ...] [--no-test]``."""
+    parser = argparse.ArgumentParser(prog="python -m selib.train", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument("--run-dir", help="run folder (default runs/<name>-s<seed>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.epochs=1 (repeatable)")
+    parser.add_argument("--no-test", action="store_true", help="fit only; skip the test split")
+    args = parser.parse_args(argv)
+    try:
+        run(args.config, args.run_dir, args.set, test=not args.no_test)
+    except (ConfigError, TrainingDiverged, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

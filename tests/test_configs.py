@@ -1,0 +1,98 @@
+"""Every shipped config loads and validates; the course and paper sets are complete and consistent;
+every paper config trains one real step at its paper model size (on a tiny embedded corpus)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from selib import config, data, models, train
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
+PAPER = sorted((REPO / "configs/paper").glob("*.yaml"))
+COURSE = sorted((REPO / "configs/course").glob("*.yaml"))
+
+
+def test_configs_exist():
+    assert {p.parent.name for p in CONFIGS} == {"smoke", "course", "paper"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_loads_and_names_its_run(path):
+    cfg = config.load(path)
+    prefix = "smoke-" if path.parent.name == "smoke" else ""
+    assert cfg.name == prefix + path.stem
+    if cfg.teacher is not None:
+        # The teacher checkpoint is the best.pt of a teacher config of the same folder and model.
+        checkpoint = Path(cfg.teacher.checkpoint)
+        assert checkpoint.name == "best.pt" and checkpoint.parent.name.endswith(f"-s{cfg.seed}")
+        teacher_name = checkpoint.parent.name[: -len(f"-s{cfg.seed}")]
+        teacher = config.load(path.parent / f"{teacher_name.removeprefix('smoke-')}.yaml")
+        assert teacher.name == teacher_name and teacher.teacher is None
+        assert (teacher.model.family, teacher.model.preset) == (cfg.teacher.family, cfg.teacher.preset)
+
+
+def _kinds(paths):
+    return {p.stem for p in paths}
+
+
+def test_course_set_is_complete():
+    expected = {f"dccrn-tiny-{k}" for k in ("teacher", "scratch", "logits", "dfkd")}
+    expected |= {f"dpdcrn-tiny-{k}" for k in ("teacher", "scratch", "logits", "dfkd", "i2s")}
+    assert _kinds(COURSE) == expected
+    for path in COURSE:
+        cfg = config.load(path)
+        assert cfg.data.name == "embedded"
+        assert cfg.model.preset == ("tiny-teacher" if path.stem.endswith("teacher") else "tiny-student")
+        assert cfg.kd.method.startswith("logits-") == path.stem.endswith("logits")
+
+
+def test_paper_set_is_complete():
+    expected = set()
+    for ds in ("vb", "dns"):
+        for family in ("dccrn", "convtasnet", "dptnet", "dpdcrn"):
+            expected |= {f"{ds}-{family}-{k}" for k in ("teacher", "scratch", "logits", "dfkd")}
+        expected.add(f"{ds}-dpdcrn-i2s")
+    assert _kinds(PAPER) == expected
+    for path in PAPER:
+        cfg = config.load(path)
+        assert cfg.data.name == {"vb": "voicebank", "dns": "dns2020"}[path.stem.split("-")[0]]
+        assert cfg.model.preset == ("paper-teacher" if path.stem.endswith("teacher") else "paper-student")
+
+
+def _one_step(path: Path, corpus: Path, runs: Path) -> dict:
+    """One optimiser step of a paper config at its paper model size, on 0.5-s segments; the teacher
+    checkpoint of a KD config is the best.pt of its teacher's one-step run."""
+    cfg = config.load(path)
+    overrides = {"device": "cpu", "data.name": "embedded", "data.root": str(corpus),
+                 "data.segment_seconds": 0.5, "data.batch_size": 2 if cfg.kd.method == "i2s-tfckd" else 1,
+                 "data.num_workers": 0, "data.train_limit": 2, "data.valid_limit": 1, "data.test_limit": 1,
+                 "optim.epochs": 1, "optim.max_steps": 1, "eval.metrics": ["si_sdr"], "eval.workers": 1}
+    if cfg.teacher is not None:
+        overrides["teacher.checkpoint"] = str(runs / Path(cfg.teacher.checkpoint).parent.name / "best.pt")
+    return train.run(path, runs / f"{cfg.name}-s0", overrides=overrides)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("paper-configs")
+@pytest.mark.parametrize("dataset", ["vb", "dns"])
+def test_paper_configs_train_one_step(dataset, tmp_path):
+    """Teachers first, then the students they feed. Each run trains the real paper-size model."""
+    corpus = data.build_embedded(tmp_path / "embedded", n_train=2, n_valid=1, n_test=1,
+                                 min_seconds=0.5, max_seconds=1.0, workers=1)
+    paths = [p for p in PAPER if p.stem.startswith(f"{dataset}-")]
+    paths.sort(key=lambda p: not p.stem.endswith("teacher"))
+    for path in paths:
+        result = _one_step(path, corpus, tmp_path / "runs")
+        cfg = config.load(path)
+        assert result["checkpoint"]["step"] == 1
+        assert math.isfinite(result["summary"]["si_sdr"]["mean"])
+        state = torch.load(tmp_path / "runs" / f"{cfg.name}-s0" / "best.pt", map_location="cpu",
+                           weights_only=True)
+        models.build(cfg.model.family, cfg.model.preset).load_state_dict(state["model"])  # paper size
+        history = json.loads((tmp_path / "runs" / f"{cfg.name}-s0" / "history.json").read_text())
+        assert math.isfinite(history[-1]["train_loss"])

@@ -1,0 +1,94 @@
+"""DPDCRN: sizes against the spec's derived counts, shapes, feature taps, non-causality, training."""
+import pytest
+import torch
+
+from selib.audio import AudioError
+from selib.models import build, presets
+
+PRESETS = sorted(presets("dpdcrn"))
+
+
+def closed_form_params(C, layers):
+    """Per stage, written out layer by layer: conv weights + biases, instance-norm affines and
+    per-channel PReLUs; attention 4 d^2 + 4 d, GRU 3 gates of hidden 2d, three LayerNorms per path."""
+    d = C // 2
+
+    def block(c_in, c_out):
+        return c_in * c_out * 3 + c_out + 2 * c_out + c_out
+
+    dense = sum(C * (i + 1) * C * 6 + C + 2 * C + C for i in range(4))
+    encoder = block(2, C) + block(C, C) + dense
+    decoder = dense + block(C, C) + (C * 2 * 3 + 2)
+
+    def path(directions):
+        gru = directions * (3 * 2 * d * (d + 2 * d) + 2 * 3 * 2 * d)
+        return (4 * d * d + 4 * d) + gru + (2 * d * directions * d + d) + 3 * 2 * d
+
+    middle = (C * d + d) + 1 + 2 + layers * (path(2) + path(1) + 2 * 2 * d) + 1 + (d * C + C)
+    return encoder, middle, decoder
+
+
+def _stage_params(model):
+    return tuple(sum(p.numel() for p in part.parameters()) for part in (model.encoder, model.middle, model.decoder))
+
+
+def test_closed_form_reproduces_the_spec_counts():
+    assert closed_form_params(128, 4) == (1_036_032, 1_146_564, 1_035_522)
+    assert [round(n / 1e6, 3) for n in closed_form_params(64, 1)] == [0.260, 0.076, 0.260]
+
+
+@pytest.mark.parametrize("preset, expected", [("paper-teacher", 3_218_118), ("paper-student", 595_000)])
+def test_paper_sizes(preset, expected):
+    assert abs(build("dpdcrn", preset).n_params - expected) <= 0.01 * expected
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_matches_the_closed_form(preset):
+    kwargs = presets("dpdcrn")[preset]
+    assert _stage_params(build("dpdcrn", preset)) == closed_form_params(kwargs["channels"], kwargs["layers"])
+
+
+@pytest.mark.parametrize("preset, batch, length", [("tiny-student", 1, 1), ("tiny-student", 3, 255),
+                                                  ("paper-teacher", 1, 1601)])
+def test_output_has_input_length(preset, batch, length):
+    model = build("dpdcrn", preset).eval()
+    with torch.no_grad():
+        out = model(0.1 * torch.randn(batch, length))
+    assert out.shape == (batch, length)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("preset", ["tiny-teacher", "paper-student"])
+def test_features_by_stage(preset):
+    model = build("dpdcrn", preset).eval()
+    C, layers = presets("dpdcrn")[preset]["channels"], presets("dpdcrn")[preset]["layers"]
+    length = 4001
+    with torch.no_grad():
+        out, feats = model(torch.randn(2, length), return_features=True)
+    T = model.stft.frames(length)
+    assert out.shape == (2, length)
+    assert [f.shape for f in feats["encoder"]] == [(2, C, T, 129), (2, C, T, 64), (2, C, T, 64)]
+    assert [f.shape for f in feats["middle"]] == [(2, C, T, 64)] * layers
+    assert [f.shape for f in feats["decoder"]] == [(2, C, T, 64), (2, C, T, 129), (2, 2, T, 257)]
+
+
+def test_declared_non_causal_and_it_is():
+    torch.manual_seed(0)
+    model = build("dpdcrn", "tiny-student").double().eval()
+    assert model.causal is False and model.lookahead is None
+    noisy = 0.3 * torch.randn(1, 8000, dtype=torch.float64)
+    changed = noisy.clone()
+    changed[:, -1000:] += 1.0
+    with torch.no_grad():
+        before, after = model(noisy), model(changed)
+    assert (before[:, :1000] - after[:, :1000]).abs().max() > 1e-6  # the start hears the end
+
+
+def test_bad_input_is_rejected():
+    model = build("dpdcrn", "tiny-student")
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        model(torch.randn(100))
+    with pytest.raises(AudioError, match="Inf"):
+        model(torch.full((1, 100), float("inf")))
+    with pytest.raises(ValueError, match="heads"):
+        build("dpdcrn", "tiny-student", channels=20)

@@ -1,0 +1,172 @@
+"""The Trainer: exact resume after SIGKILL, divergence errors, checkpoints, frozen teacher, test()."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from selib import models
+from selib.config import load
+from selib.train import Trainer, TrainingDiverged, run
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from synthetic import datasets  # noqa: E402
+
+HELPER = Path(__file__).parent / "helpers" / "synthetic.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SELIB_PROGRESS": "0"}
+BASE = {"seed": 0, "data": {"segment_seconds": 0.25, "batch_size": 4},
+        "model": {"family": "convtasnet", "preset": "tiny-student"},
+        "optim": {"epochs": 4, "checkpoint_every": 3}, "eval": {"metrics": ["si_sdr"], "workers": 1}}
+
+
+def _config(tmp_path: Path, overrides: dict | None = None) -> Path:
+    path = tmp_path / "config.yaml"
+    load(BASE, overrides).dump(path)
+    return path
+
+
+def _train(config: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(HELPER), str(config), str(run_dir), *extra], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
+    config = _config(tmp_path)        # 24 items / batch 4 = 6 batches per epoch, 4 epochs, ckpt every 3
+    straight = _train(config, tmp_path / "straight")
+    killed_dir = tmp_path / "killed"
+    victim = _train(config, killed_dir, "--delay", "0.04")
+    last, seen = killed_dir / "last.pt", None
+    deadline = time.monotonic() + 120
+    while victim.poll() is None and time.monotonic() < deadline:
+        if last.is_file():
+            seen = _ckpt(last)
+            if seen["step"] >= 9 and seen["batch"] == 3:     # mid-epoch, epoch 2 or later
+                victim.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    assert victim.wait(timeout=60) == -signal.SIGKILL, victim.stdout.read()
+    resumed_from = _ckpt(last)
+    assert resumed_from["batch"] == 3 and 0 < resumed_from["step"] < 24
+    resume = _train(config, killed_dir)
+    out = resume.communicate(timeout=180)[0]
+    assert resume.returncode == 0, out
+    assert f"resumed from {last}: epoch {resumed_from['epoch'] + 1}, batch 3" in out
+    assert straight.wait(timeout=180) == 0, straight.stdout.read()
+
+    a, b = _ckpt(tmp_path / "straight" / "last.pt"), _ckpt(last)
+    assert a["step"] == b["step"] == 24
+    assert a["model"].keys() == b["model"].keys()
+    diff = max(float((a["model"][k] - b["model"][k]).abs().max()) for k in a["model"])
+    assert diff <= 1e-7
+    assert [h["valid_si_sdr"] for h in a["history"]] == [h["valid_si_sdr"] for h in b["history"]]
+    assert a["history"][-1]["valid_si_sdr"] > a["history"][0]["valid_si_sdr"]     # it learns
+
+
+def test_checkpoints_load_with_weights_only_and_hold_the_contract_keys(tmp_path):
+    cfg = load(BASE, {"optim.epochs": 1, "optim.scheduler": "plateau", "optim.max_steps": 4})
+    trainer = Trainer(cfg, tmp_path / "run", datasets=datasets(24, 0.25))
+    history = trainer.fit()
+    assert len(history) == 1 and history[0]["step"] == 4      # max_steps stops mid-epoch
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(tmp_path / "run" / name, weights_only=True)
+        assert {"model", "optimizer", "scheduler", "kd", "rng", "epoch", "step", "config"} <= state.keys()
+        assert state["step"] == 4 and state["config"] == cfg.to_dict()
+    rebuilt = models.build("convtasnet", "tiny-student")
+    rebuilt.load_state_dict(state["model"])
+    assert all(torch.equal(p, q) for p, q in zip(rebuilt.state_dict().values(),
+                                                 trainer.student.state_dict().values()))
+    assert load(tmp_path / "run" / "config.yaml") == cfg
+    # A second fit() on the finished run resumes and has nothing left to do.
+    again = Trainer(cfg, tmp_path / "run", datasets=datasets(24, 0.25))
+    assert again.fit() == history and again.step == 4
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    Trainer(load(BASE, {"optim.max_steps": 1}), tmp_path / "run", datasets=datasets(8, 0.25)).fit()
+    with pytest.raises(ValueError, match=r"optim\.lr differ.*new --run-dir"):
+        Trainer(load(BASE, {"optim.lr": 0.1}), tmp_path / "run", datasets=datasets(8, 0.25))
+
+
+def test_nan_input_stops_training_naming_the_step_and_the_last_checkpoint(tmp_path):
+    # 8 items / batch 4 = 2 steps per epoch; from epoch 2 on every noisy item holds a NaN sample.
+    sets = datasets(8, 0.25, nan_epoch=1)
+    trainer = Trainer(load(BASE, {"optim.checkpoint_every": 0}), tmp_path / "run", datasets=sets)
+    with pytest.raises(TrainingDiverged) as err:
+        trainer.fit()
+    last = tmp_path / "run" / "last.pt"
+    assert "at step 3 (epoch 2, batch 1)" in str(err.value)
+    assert f"the last good checkpoint is {last} (step 2)" in str(err.value)
+    assert torch.isfinite(torch.cat([v.flatten() for v in _ckpt(last)["model"].values()])).all()
+
+
+def test_huge_learning_rate_stops_training_with_a_clear_error(tmp_path):
+    cfg = load(BASE, {"optim.lr": 1e30, "optim.grad_clip": None, "optim.checkpoint_every": 1})
+    with pytest.raises(TrainingDiverged, match=r"(loss is nan at step \d+|NaN/Inf after step \d+).*"
+                                               r"last good checkpoint is .*last\.pt \(step \d+\)"):
+        Trainer(cfg, tmp_path / "run", datasets=datasets(16, 0.25)).fit()
+
+
+def test_teacher_stays_frozen_during_distillation(tmp_path):
+    teacher = models.build("convtasnet", "tiny-teacher")
+    torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pt")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = load(BASE, {"kd.method": "dfkd", "optim.epochs": 1, "data.batch_size": 2,
+                      "teacher": {"family": "convtasnet", "preset": "tiny-teacher",
+                                  "checkpoint": str(tmp_path / "teacher.pt")}})
+    trainer = Trainer(cfg, tmp_path / "run", datasets=datasets(6, 0.25))
+    student_before = [p.detach().clone() for p in trainer.student.parameters()]
+    history = trainer.fit()
+    assert trainer.teacher is not None and not trainer.teacher.training
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    assert all(torch.equal(before[k], v.cpu()) for k, v in trainer.teacher.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(student_before, trainer.student.parameters()))
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in trainer.teacher.parameters()}
+    record = history[-1]
+    assert record["train_loss"] == pytest.approx(record["train_se"] + record["train_kd"], rel=1e-6)
+    assert sum(record["split_hz_hist"]) > 0 and 0 <= record["split_hz_q50"] <= 8000
+
+
+def _si_sdr(est: np.ndarray, ref: np.ndarray) -> float:
+    """Zero-mean SI-SDR in dB, written out here as an independent reference."""
+    est, ref = est - est.mean(), ref - ref.mean()
+    target = (est @ ref) / (ref @ ref) * ref
+    return 10 * np.log10((target @ target) / ((est - target) @ (est - target)))
+
+
+def test_run_writes_the_run_folder_and_test_scores_the_best_checkpoint(tmp_path):
+    cfg = load(BASE, {"optim.epochs": 2, "eval.metrics": ["si_sdr", "stoi"]})
+    run_dir = tmp_path / "run"
+    sets = datasets(8, 0.25)
+    result = run(cfg, run_dir, datasets=sets)
+    for name in ("config.yaml", "train.log", "history.json", "last.pt", "best.pt", "metrics.json",
+                 "scores.csv"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    best = _ckpt(run_dir / "best.pt")
+    model = models.build("convtasnet", "tiny-student")
+    model.load_state_dict(best["model"])
+    model.eval()
+    with torch.no_grad():
+        scores = [_si_sdr(model(item["noisy"][None])[0].numpy().astype(np.float64),
+                          item["clean"].numpy().astype(np.float64)) for item in sets["test"]]
+    assert result["summary"]["si_sdr"]["mean"] == pytest.approx(np.mean(scores), abs=1e-3)
+    with open(run_dir / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [sets["test"][i]["id"] for i in range(4)]
+    assert result["checkpoint"]["valid_si_sdr"] == max(h["valid_si_sdr"] for h in result["history"])
+    assert "epoch 2/2" in (run_dir / "train.log").read_text()
