@@ -119,17 +119,21 @@ class STFT(torch.nn.Module):
         return sample_rate / self.n_fft
 
     def _pads(self, length: int) -> tuple[int, int]:
-        edge = 0 if self.center else self.win_length - self.hop_length
         tail = (-length) % self.hop_length
-        return edge, edge + tail
+        if self.center:
+            return 0, tail
+        # torch.stft centres the window in the n_fft frame; pad so that the first and last samples
+        # sit where win_length - hop_length samples of fully overlapping frames precede/follow them.
+        offset, edge = (self.n_fft - self.win_length) // 2, self.win_length - self.hop_length
+        return offset + edge, self.n_fft - self.win_length - offset + edge + tail
 
     def frames(self, length: int) -> int:
         """Number of frames ``forward`` returns for a signal of ``length`` samples."""
         left, right = self._pads(length)
         padded = length + left + right
         if self.center:
-            return 1 + padded // self.hop_length
-        return 1 + (padded - self.n_fft) // self.hop_length if padded >= self.n_fft else 0
+            return 1 + (padded - self.n_fft % 2) // self.hop_length
+        return 1 + max(0, padded - self.n_fft) // self.hop_length
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeeze = x.dim() == 1

@@ -35,7 +35,6 @@ TEACHER_DEFAULTS: dict[str, Any] = {"family": None, "preset": None, "checkpoint"
 # Free-form sections: passed as keyword arguments to the model / KD method, checked there.
 FREE_FORM = {"model.overrides", "teacher.overrides", "kd.options"}
 
-DATASETS = ("embedded", "voicebank", "dns2020")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step", "plateau")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -169,6 +168,7 @@ def _number(kind: type, low: float | None = None, optional: bool = False, strict
         what = "an integer" if kind is int else "a number"
         bound = "" if low is None else f" {'>' if strict else '>='} {low}"
         return f"must be {what}{bound}" + (" or null" if optional else "")
+    check.parses_float = kind is float
     return check
 
 
@@ -204,6 +204,11 @@ def _presets(section: str):
     return choices
 
 
+def _datasets(cfg):
+    from selib.data.datasets import NAMES
+    return list(NAMES)
+
+
 def _se_losses(cfg):
     from selib.losses import LOSSES
     return list(LOSSES)
@@ -218,7 +223,7 @@ RULES: dict[str, Callable[[Any, dict], str | None]] = {
     "name": _string(optional=True),
     "seed": _number(int, 0),
     "device": _choice(DEVICES),
-    "data.name": _choice(DATASETS),
+    "data.name": _choice(_datasets),
     "data.root": _string(optional=True),
     "data.segment_seconds": _number(float, 0, strict=True),
     "data.batch_size": _number(int, 1),
@@ -261,6 +266,11 @@ def _validate(cfg: dict, where: str) -> None:
         node = cfg[section] if section else cfg
         if node is None:        # teacher: null
             continue
+        if getattr(check, "parses_float", False) and isinstance(node[leaf], str):
+            try:                # YAML 1.1 reads 1e-4 (no dot) as a string
+                node[leaf] = float(node[leaf])
+            except ValueError:
+                pass
         problem = check(node[leaf], cfg)
         if problem:
             raise ConfigError(f"{where}: {key} = {node[leaf]!r} is not valid; {problem}.")

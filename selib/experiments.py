@@ -61,16 +61,16 @@ def _teacher_override(config_path: Path, runs_root: Path) -> dict:
 
 def _failure_reason(notebook: Path, log: Path, returncode: int) -> str:
     """The exception the executed notebook stopped on, else the last line of the log."""
-    try:
-        import nbformat
+    import nbformat
 
+    try:
         nb = nbformat.read(str(notebook), as_version=4)
-        for cell in nb.cells:
-            for out in cell.get("outputs", []):
-                if out.get("output_type") == "error":
-                    return f"{out['ename']}: {out['evalue']}"
-    except Exception:  # noqa: BLE001 - a notebook that cannot be read falls back to the log
-        pass
+    except (OSError, ValueError):  # not written, or cut short: fall back to the log
+        nb = nbformat.v4.new_notebook()
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                return f"{out['ename']}: {out['evalue']}"
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
     return (lines[-1] if lines else "no output") + f" (papermill exit code {returncode})"
 

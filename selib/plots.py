@@ -134,14 +134,17 @@ def result_chart(table, metric: str, ax=None, label: str = "name"):
     if not rows:
         raise ValueError(f"result_chart: no row of the table has a value for {metric!r}.")
     ax = _axes(ax, figsize=(max(4, 0.7 * len(rows) + 1), 3))
-    means = [r[f"{metric}_mean"] for r in rows]
-    stds = [np.nan_to_num(r.get(f"{metric}_std", 0.0)) for r in rows]
-    colours = ["0.35" if "teacher" in str(r.get("role", "")) else "tab:blue" for r in rows]
-    ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color=colours)
+    means = np.array([r[f"{metric}_mean"] for r in rows])
+    stds = np.nan_to_num(np.array([r.get(f"{metric}_std", 0.0) for r in rows]))
+    # Differences between runs are small next to the values: bars start at the lower edge of a
+    # zoomed axis (never at a baseline off-screen), and error bars show the spread over seeds.
+    pad = max(0.15 * np.ptp(means), 1.5 * stds.max(), 0.02 * np.abs(means).max(), 1e-3)
+    bottom = (means - stds).min() - pad
+    colours = ["0.35" if r.get("role") == "teacher" else "tab:blue" for r in rows]
+    ax.bar(range(len(rows)), means - bottom, bottom=bottom, yerr=stds, capsize=3, color=colours)
     ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=40, ha="right", fontsize=8)
-    low, high = min(means), max(means)
-    pad = 0.15 * (high - low) + 1e-3 + max(stds)
-    ax.set_ylim(low - pad, high + pad)
+    ax.set_ylim(bottom, (means + stds).max() + pad)
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set(ylabel=metric, title=metric)
     ax.grid(axis="y", alpha=0.3)
     return ax

@@ -121,7 +121,8 @@ def profile_table(families=None, presets=None, seconds: float = 1.0, runs: int =
         names = family_presets(family)
         wanted = names if presets is None else [p for p in presets if p in names]
         if presets is not None and not wanted:
-            raise ValueError(f"none of the presets {list(presets)} exists for {family!r}; it has {sorted(names)}")
+            raise ValueError(
+                f"none of the presets {list(presets)} exists for {family!r}; it has {sorted(names)}")
         for preset in wanted:
             torch.manual_seed(0)
             figures = profile_model(build(family, preset), seconds=seconds, runs=runs)

@@ -153,9 +153,9 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# Keys a resumed run may change (longer schedules, evaluation settings, loader workers).
-RESUMABLE_CHANGES = ("optim.epochs", "optim.max_steps", "optim.checkpoint_every", "data.num_workers",
-                     "data.test_limit", "eval.", "device")
+# Keys a resumed run may change (longer schedules, evaluation settings, where the data lives, workers).
+RESUMABLE_CHANGES = ("optim.epochs", "optim.max_steps", "optim.checkpoint_every", "data.root",
+                     "data.num_workers", "data.test_limit", "eval.", "device")
 
 
 class Trainer:
@@ -181,7 +181,6 @@ class Trainer:
         self.batch_per_rank = data.batch_size // self.world
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.dump(self.run_dir / "config.yaml")
 
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -216,6 +215,8 @@ class Trainer:
         self.running = self._new_running()
         self.objective = _Objective(self.student, self.distiller)
         self._resume()
+        if self.rank == 0:
+            cfg.dump(self.run_dir / "config.yaml")
         if self.world > 1:
             has_own = len(self.params) > sum(1 for _ in self.student.parameters())
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -224,13 +225,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
     def _dataset(self, split: str) -> Dataset:
-        if split in self._datasets:
-            return self._datasets[split]
-        from selib.data import get_dataset
-        data = self.cfg.data
-        segment = data.segment_seconds if split == "train" else None
-        return get_dataset(data.name, split, root=data.root, segment_seconds=segment, seed=self.cfg.seed,
-                           limit=data[f"{split}_limit"])
+        """The split given to ``__init__``, else ``selib.data.get_dataset`` (training: fixed segments)."""
+        if split not in self._datasets:
+            from selib.data import get_dataset
+            data = self.cfg.data
+            segment = data.segment_seconds if split == "train" else None
+            self._datasets[split] = get_dataset(data.name, split, root=data.root, segment_seconds=segment,
+                                                seed=self.cfg.seed, limit=data[f"{split}_limit"])
+        return self._datasets[split]
 
     def _load_teacher(self) -> nn.Module:
         spec = self.cfg.teacher
@@ -284,8 +286,8 @@ class Trainer:
     def save(self, name: str = "last.pt") -> Path:
         """Write a checkpoint atomically (rank 0; every rank must call it under DDP)."""
         if not all(torch.isfinite(p).all() for p in self.params):
-            raise TrainingDiverged(f"the weights hold NaN/Inf after step {self.step}; "
-                                   f"{self._last_good()} Lower optim.lr or set optim.grad_clip.")
+            raise TrainingDiverged(f"the weights hold NaN/Inf after step {self.step}; {self._last_good()} "
+                                   "Train again in a new run folder with a lower optim.lr or optim.grad_clip.")
         state, path = self._state(), self.run_dir / name
         if self.rank == 0:
             tmp = path.with_suffix(".tmp")
@@ -304,7 +306,7 @@ class Trainer:
         path = self.run_dir / "last.pt"
         if not path.is_file():
             return
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)    # load_state_dict moves it
         old, new = _flatten(state["config"]), _flatten(self.cfg.to_dict())
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
                          and not k.startswith(RESUMABLE_CHANGES))
@@ -332,10 +334,14 @@ class Trainer:
         self._log(f"training {self.cfg.name}: {self.cfg.model.family} {self.cfg.model.preset} "
                   f"({self.student.n_params:,} parameters), kd {self.cfg.kd.method}, {self.n_batches} "
                   f"batches of {self.cfg.data.batch_size} per epoch, {self.world} process(es), {self.device}")
-        while not self._finished() or self.batch > 0:     # batch > 0: an epoch left open by a kill
-            if self.step < self.total_steps:
-                self._train_epoch()
-            self._end_epoch()
+        try:
+            while not self._finished() or self.batch > 0:     # batch > 0: an epoch left open by a kill
+                if self.step < self.total_steps:
+                    self._train_epoch()
+                self._end_epoch()
+        except TrainingDiverged as err:
+            self._log(f"stopped: {err}")
+            raise
         if self.world > 1:
             dist.barrier()
         return self.history
@@ -403,9 +409,9 @@ class Trainer:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if bad.item():
             raise TrainingDiverged(
-                f"the loss is {float(loss):.4g} at step {self.step + 1} (epoch {self.epoch + 1}, batch "
-                f"{self.batch + 1}); {self._last_good()} Resume from it with a lower optim.lr, a smaller "
-                "optim.grad_clip or optim.amp: off, and check the data for NaN/Inf.")
+                f"the loss is {float(loss.detach()):.4g} at step {self.step + 1} (epoch {self.epoch + 1}, batch "
+                f"{self.batch + 1}); {self._last_good()} Check the data for NaN/Inf, or train again in a new "
+                "run folder with a lower optim.lr, a smaller optim.grad_clip or optim.amp: off.")
 
     def _accumulate(self, parts: Mapping[str, float]) -> None:
         running = self.running
@@ -445,8 +451,7 @@ class Trainer:
             self.save("best.pt")
         if self.rank == 0:
             (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()
-                          if isinstance(v, float) and not k.startswith("split_hz_hist"))
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
         self._log(f"epoch {record['epoch']}/{cfg.optim.epochs} step {self.step}: {shown}"
                   + (" (best)" if improved else ""))
 
@@ -523,8 +528,7 @@ class Trainer:
             "history": self.history, "config": self.cfg.to_dict(),
         }
         (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
-        self._log(f"test: " + ", ".join(f"{k} {v['mean']:.4g}" for k, v in result.summary.items()
-                                         if isinstance(v, Mapping) and "mean" in v))
+        self._log("test: " + ", ".join(f"{k} {v['mean']:.4g}" for k, v in result.summary.items()))
         return summary
 
     # ------------------------------------------------------------------ logging
@@ -572,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run(args.config, args.run_dir, args.set, test=not args.no_test)
-    except (ConfigError, TrainingDiverged, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, TrainingDiverged) as err:    # ConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

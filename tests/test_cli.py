@@ -1,6 +1,7 @@
 """The ``selib`` command line, run as a real subprocess (``python -m selib``)."""
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -87,3 +88,20 @@ def test_enhance_bad_file_fails_clearly(tmp_path, checkpoint):
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert str(src) in out.stderr
+
+
+def test_eval_scores_a_split(tmp_path, checkpoint):
+    out = selib("eval", checkpoint, "--split", "test", "--metrics", "si_sdr", "--workers", "1",
+                "--out", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "si_sdr" in out.stdout
+    with open(tmp_path / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["si_sdr_status"] == "ok"
+    assert f"{float(rows[0]['si_sdr']):.3f}" in out.stdout      # the mean of one utterance is its score
+
+
+def test_missing_checkpoint_is_a_clean_error(tmp_path):
+    out = selib("eval", tmp_path / "nowhere.pt")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "nowhere.pt" in out.stderr

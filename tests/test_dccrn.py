@@ -101,15 +101,16 @@ def test_future_input_leaves_earlier_outputs_unchanged(causal_model):
 
 def test_lookahead_is_tight(causal_model):
     """Output sample n depends on input n + lookahead exactly when n sits at the first non-zero
-    window sample of a frame (n = 100 k - 300 + 56 + 1); nowhere on anything later."""
+    window sample of a frame (n = 100 k - 356 + 56 + 1, the STFT pads 356 samples on the left and
+    centres the 400-sample window in the 512-sample frame); nowhere on anything later."""
     noisy = (0.3 * torch.randn(1, 4000, dtype=torch.float64)).requires_grad_()
     out = causal_model(noisy)
     reach = {}
-    for n in (1057, 1058, 1156, 2057, 2500):
+    for n in (1001, 1002, 1100, 2001, 2500):
         grad, = torch.autograd.grad(out[0, n], noisy, retain_graph=True)
         reach[n] = int(grad[0].nonzero().max()) - n
-    assert max(reach.values()) == reach[1057] == reach[2057] == causal_model.lookahead
-    assert reach[1058] == causal_model.lookahead - 1 and reach[1156] == causal_model.lookahead - 99
+    assert max(reach.values()) == reach[1001] == reach[2001] == causal_model.lookahead
+    assert reach[1002] == causal_model.lookahead - 1 and reach[1100] == causal_model.lookahead - 99
 
 
 def test_no_output_clamp():

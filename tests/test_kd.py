@@ -201,7 +201,7 @@ def test_distiller_total_is_se_plus_weighted_kd_and_teacher_gets_no_gradient():
     clean = torch.randn(2, 4000)
     distiller = kd.build("dfkd", teacher=torch.nn.Identity(), weight=2.5)
     loss, parts = distiller(student, clean, clean, teacher)
-    assert float(loss) == pytest.approx(parts["se"] + 2.5 * parts["kd"], rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(parts["se"] + 2.5 * parts["kd"], rel=1e-5)
     assert parts["kd"] == pytest.approx(parts["low"] + parts["high"], rel=1e-5)
     loss.backward()
     assert student.grad is not None and float(student.grad.abs().sum()) > 0
@@ -216,6 +216,8 @@ def test_build_rejects_bad_methods_options_and_missing_inputs():
         kd.build("logits-l1", teacher=torch.nn.Identity())
     with pytest.raises(ValueError, match="rule"):
         kd.build("dfkd", teacher=torch.nn.Identity(), options={"cut": 3})
+    with pytest.raises(ValueError, match="i2s_weight=-1"):
+        kd.build("dfkd+i2s-tfckd", teacher=torch.nn.Identity(), options={"i2s_weight": -1})
     with pytest.raises(ValueError, match="needs a teacher"):
         kd.build("dfkd")
     with pytest.raises(ValueError, match="batch_size"):

@@ -52,8 +52,8 @@ def test_attention_closed_form_equals_the_count_of_an_explicit_computation():
     def explicit():
         w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
         query, key, value = F.linear(q, w_q), F.linear(kv, w_k), F.linear(kv, w_v)
-        heads = [torch.softmax(query[..., h:h + 4] @ key[..., h:h + 4].transpose(1, 2), -1) @ value[..., h:h + 4]
-                 for h in (0, 4)]
+        heads = [torch.softmax(query[..., h:h + 4] @ key[..., h:h + 4].transpose(1, 2), -1)
+                 @ value[..., h:h + 4] for h in (0, 4)]
         mha.out_proj(torch.cat(heads, -1))
 
     assert count_macs(mha, q, kv, kv) == _native_count(explicit) > 0

@@ -40,12 +40,19 @@ OPTIONS = {
 }
 
 
+def _float(features: dict | None, detach: bool = False) -> dict | None:
+    if features is None:
+        return None
+    return {k: [(z.detach() if detach else z).float() for z in v] for k, v in features.items()}
+
+
 class Distiller(nn.Module):
     """One KD method: ``L_SE(student_out, clean) + weight * sum_k w_k KD_k`` over its KD terms.
 
     ``terms`` maps a name to ``(w_k, module)``; each module is called as
     ``module(student_out, teacher_out, student_features, teacher_features) -> (loss, parts)``.
-    ``noisy`` is part of the common interface; none of selib's methods needs it.
+    ``noisy`` is part of the common interface; none of selib's methods needs it. KD terms run in
+    float32 with autocast off (relations, logarithms and STFTs need the range and precision).
     """
 
     def __init__(self, method: str, se_loss: Callable, weight: float = 1.0,
@@ -63,8 +70,7 @@ class Distiller(nn.Module):
     @property
     def last_split_hz(self) -> torch.Tensor | None:
         """DFKD's split frequencies (Hz, 1-D) of the last batch, for histograms; None without DFKD."""
-        dfkd = self.terms["dfkd"] if "dfkd" in self.terms else None
-        return None if dfkd is None else dfkd.last_split_hz
+        return self.terms["dfkd"].last_split_hz if "dfkd" in self.terms else None
 
     def forward(self, student_out: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor | None = None,
                 teacher_out: torch.Tensor | None = None, student_features: dict | None = None,
@@ -75,16 +81,17 @@ class Distiller(nn.Module):
             return se, parts
         if teacher_out is None:
             raise ValueError(f"KD method {self.method!r} needs teacher_out (the frozen teacher's output)")
-        teacher_out = teacher_out.detach()
-        if teacher_features is not None:
-            teacher_features = {k: [z.detach() for z in v] for k, v in teacher_features.items()}
+        teacher_out = teacher_out.detach().float()
+        teacher_features = _float(teacher_features, detach=True)
+        student_out, student_features = student_out.float(), _float(student_features)
         kd = 0.0
-        for name, term in self.terms.items():
-            value, term_parts = term(student_out, teacher_out, student_features, teacher_features)
-            kd = kd + self.term_weights[name] * value
-            parts.update(term_parts)
-            if len(self.terms) > 1:
-                parts[name] = float(value.detach())
+        with torch.autocast(student_out.device.type, enabled=False):
+            for name, term in self.terms.items():
+                value, term_parts = term(student_out, teacher_out, student_features, teacher_features)
+                kd = kd + self.term_weights[name] * value
+                parts.update(term_parts)
+                if len(self.terms) > 1:
+                    parts[name] = float(value.detach())
         parts["kd"] = float(kd.detach())
         return se + self.weight * kd, parts
 
@@ -106,8 +113,9 @@ def build(method: str, student: nn.Module | None = None, teacher: nn.Module | No
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for KD method {method!r}; valid options: "
                          f"{list(OPTIONS[method]) or 'none'}")
-    if weight < 0:
-        raise ValueError(f"KD weight={weight} must be >= 0")
+    for name, value in [("weight", weight)] + [(k, options[k]) for k in ("dfkd_weight", "i2s_weight") if k in options]:
+        if value < 0:
+            raise ValueError(f"KD {name}={value} must be >= 0")
     se = losses.se_loss(se_loss) if isinstance(se_loss, str) else se_loss
     if method == "none":
         return Distiller(method, se, weight)

@@ -157,7 +157,8 @@ def _fusion_order(stage: str, features: list) -> list:
 
 
 class I2STFCKD(nn.Module):
-    """``loss(student_features, teacher_features) -> (KD, parts)``, KD = ``L_enc + L_mid + L_dec + L_inter``.
+    """``loss(student_out, teacher_out, student_features, teacher_features) -> (KD, parts)`` with
+    KD = ``L_enc + L_mid + L_dec + L_inter`` (the outputs serve only the batch-shape check).
 
     Built for fixed shapes: ``student_shapes``/``teacher_shapes`` map each stage to its list of
     ``(C, T, F)`` and ``batch_size`` is B. :func:`from_models` discovers them with a dry forward pass.

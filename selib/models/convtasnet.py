@@ -57,7 +57,8 @@ class ConvTasNet(SEModel):
                  X: int = 8, R: int = 3, norm: str = "gLN", causal: bool = False, mask: str = "sigmoid"):
         super().__init__()
         if causal and norm not in CAUSAL_NORMS:
-            raise ValueError(f"norm {norm!r} uses future frames; a causal Conv-TasNet needs norm in {CAUSAL_NORMS}")
+            raise ValueError(
+                f"norm {norm!r} uses future frames; a causal Conv-TasNet needs norm in {CAUSAL_NORMS}")
         self.X = X
         self.causal = causal
         self.codec = WaveCodec(N, L)

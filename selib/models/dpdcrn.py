@@ -95,7 +95,13 @@ class DualPath(nn.Module):
 
 class DPDCRN(SEModel):
     """DPDCRN with ``channels`` feature maps and ``layers`` dual-path layers (teacher: 128 / 4,
-    student: 64 / 1)."""
+    student: 64 / 1) on a Hann STFT (``n_fft`` 512, hop 256).
+
+    ``return_features=True`` adds the I²S-TFCKD taps, ``[B, C, T', F']`` on the STFT frame axis:
+    ``encoder`` = conv_1 (129 bins), conv_2 (64), dilated dense block (64); ``middle`` = every
+    dual-path layer's output after the shared output conv (64); ``decoder`` = dilated dense block (64),
+    first transposed conv (129), the 2-channel mask (257).
+    """
 
     causal = False
     lookahead = None

@@ -1,0 +1,99 @@
+"""Wall time, CPU time and peak memory of the quick start (``selib quickstart``, what ``make quickstart``
+runs), measured from outside: the quick start runs as a child process; ``getrusage(RUSAGE_CHILDREN)``
+gives the CPU time of every process it waited for (papermill, kernels, metric workers) and the peak RSS
+of the largest one, and a sampler adds up the proportional set size (PSS: shared library pages split
+between the processes that map them) of the whole process tree once a second, which is what a memory
+limit such as Binder's counts.
+
+    python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--workers 2] [--runs-root runs]
+
+Targets on 2 CPU cores: under 20 minutes and under 2 GB resident memory. The figures are printed and
+appended to ``benchmarks/results/quickstart.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def _pss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runs-root", default="runs")
+    parser.add_argument("--data-root", default="data/embedded")
+    args = parser.parse_args()
+    cmd = [sys.executable, "-m", "selib", "quickstart", "--runs-root", args.runs_root, "--data-root",
+           args.data_root, "--workers", str(args.workers), "--seeds", *map(str, args.seeds)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=HERE.parent)
+    peak_pss, done = [0.0], threading.Event()
+
+    def sample():
+        while not done.wait(1.0):
+            peak_pss[0] = max(peak_pss[0], _pss_mib(_tree(proc.pid)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = proc.wait()
+    done.set()
+    sampler.join()
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    figures = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "exit_code": code, "wall_s": round(wall, 1),
+               "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+               "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "peak_total_pss_mib": round(peak_pss[0], 1),
+               "seeds": args.seeds,
+               "workers": args.workers, "cores": len(os.sched_getaffinity(0)),
+               "load_avg_1min_at_end": round(os.getloadavg()[0], 2), "machine": platform.machine()}
+    print(f"quick start: exit {code}, wall {wall / 60:.1f} min, CPU {figures['cpu_s'] / 60:.1f} min, "
+          f"peak RSS {figures['peak_rss_mib']:.0f} MiB (largest single process), "
+          f"peak total PSS {figures['peak_total_pss_mib']:.0f} MiB (all processes together), "
+          f"{figures['cores']} cores, load {figures['load_avg_1min_at_end']}")
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    with open(results / "quickstart.jsonl", "a") as f:
+        f.write(json.dumps(figures) + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
