@@ -4,6 +4,7 @@ Run: ``.venv/bin/python benchmarks/bench_models.py`` (used by ``make bench``); m
 """
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def main() -> None:
         f"Measured by `benchmarks/bench_models.py` on {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); RTF = wall time / audio "
         "duration for one forward pass on 1 s of audio (batch 1, median of 3 runs). MACs: "
-        "`selib.profile.count_macs` (FlopCounterMode / 2, closed forms for LSTM, GRU and attention).\n\n"
+        "`selib.profile.count_macs` (FlopCounterMode / 2, closed forms for LSTM, GRU and attention). "
+        f"CPU load average (1 min) at the end of the run: {os.getloadavg()[0]:.1f}; RTF grows with it.\n\n"
     )
     print(table)
     out = Path(__file__).with_name("models.md")

@@ -42,15 +42,19 @@ def cmd_train(args) -> None:
     cfg = config.load(args.config, _overrides(args.set))
     run_dir = Path(args.run_dir) if args.run_dir else cfg.run_dir()
     result = train.run(cfg, run_dir)
+    _print_summary(result["summary"])
     print(f"run folder: {run_dir}")
-    print(result)
+
+
+def _print_summary(summary: dict) -> None:
+    for metric, stats in summary.items():
+        print(f"{metric:>8}: {stats['mean']:.3f} ± {stats['std']:.3f} (n={stats['n_ok']}/{stats['n_total']})")
 
 
 def cmd_eval(args) -> None:
     import torch
 
     from selib import data, metrics
-
     from selib.experiments import load_model
 
     model, cfg = load_model(args.checkpoint)
@@ -60,7 +64,8 @@ def cmd_eval(args) -> None:
 
     def items():
         with torch.no_grad():
-            for item in dataset:
+            for i in range(len(dataset)):
+                item = dataset[i]
                 enhanced = model(item["noisy"][None])[0]
                 yield item["id"], enhanced.numpy(), item["clean"].numpy()
 
@@ -69,8 +74,7 @@ def cmd_eval(args) -> None:
     result = metrics.evaluate(list(items()), metrics=tuple(args.metrics or cfg["eval"]["metrics"]),
                               workers=args.workers, csv_path=out / "scores.csv",
                               json_path=out / "metrics.json")
-    for metric, stats in result.summary.items():
-        print(f"{metric:>8}: {stats['mean']:.3f} ± {stats['std']:.3f} (n={stats['n_ok']}/{stats['n_total']})")
+    _print_summary(result.summary)
     print(f"scores: {out / 'scores.csv'}")
 
 
@@ -78,7 +82,6 @@ def cmd_enhance(args) -> None:
     import torch
 
     from selib import audio
-
     from selib.experiments import load_model
 
     noisy = audio.load(args.input, mix_down=args.mix_down)
@@ -186,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs-root", default="runs")
     p.add_argument("--data-root", default="data/embedded")
-    p.add_argument("--workers", type=int, default=1, help="runs at once (default %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="runs at once (default %(default)s)")
     p.set_defaults(func=cmd_quickstart)
     return parser
 

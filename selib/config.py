@@ -14,8 +14,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-SAMPLE_RATE = 16000
-
+# Beyond the CONTRACTS.md schema: device; optim.step_size (epochs) and gamma for the step scheduler,
+# gamma (factor) and patience (epochs) for plateau (on validation SI-SDR); optim.checkpoint_every: steps
+# between last.pt saves (0: only at epoch ends); teacher.overrides (model constructor overrides).
 DEFAULTS: dict[str, Any] = {
     "name": None,            # run name; None -> "<family>-<preset>-<kd method>"
     "seed": 0,

@@ -112,21 +112,22 @@ def profile_model(model: nn.Module, seconds: float = 1.0, runs: int = 3) -> dict
 def profile_table(families=None, presets=None, seconds: float = 1.0, runs: int = 3) -> list[dict]:
     """One row ``{family, preset, params, macs_per_second, rtf}`` per registered preset.
 
-    ``families`` / ``presets`` (iterables of names) restrict the table; by default every preset of every
-    family in :data:`selib.models.FAMILIES`.
+    ``families`` / ``presets`` (a name or an iterable of names) restrict the table; by default every
+    preset of every family in :data:`selib.models.FAMILIES`.
     """
+    families, presets = ([n] if isinstance(n, str) else n for n in (families, presets))
     families = list(FAMILIES) if families is None else list(families)
+    available = {family: list(family_presets(family)) for family in families}
+    chosen = [(f, p) for f, names in available.items() for p in names if presets is None or p in presets]
+    missing = set(presets or ()) - {p for _, p in chosen}
+    if missing:
+        valid = sorted({p for names in available.values() for p in names})
+        raise ValueError(f"unknown preset(s) {sorted(missing)} for families {families}; choose from {valid}")
     rows = []
-    for family in families:
-        names = family_presets(family)
-        wanted = names if presets is None else [p for p in presets if p in names]
-        if presets is not None and not wanted:
-            raise ValueError(
-                f"none of the presets {list(presets)} exists for {family!r}; it has {sorted(names)}")
-        for preset in wanted:
-            torch.manual_seed(0)
-            figures = profile_model(build(family, preset), seconds=seconds, runs=runs)
-            rows.append({"family": family, "preset": preset, **figures})
+    for family, preset in chosen:
+        torch.manual_seed(0)
+        figures = profile_model(build(family, preset), seconds=seconds, runs=runs)
+        rows.append({"family": family, "preset": preset, **figures})
     return rows
 
 

@@ -84,3 +84,5 @@ def test_profile_table_rows_and_markdown():
         profile_table(families=["dptnet"], presets=["huge"])
     with pytest.raises(ValueError, match="convtasnet"):
         profile_table(families=["wavenet"])
+    assert [r["preset"] for r in profile_table("convtasnet", "tiny-student", seconds=0.1, runs=1)] == [
+        "tiny-student"]

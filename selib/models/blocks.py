@@ -1,4 +1,4 @@
-"""Real-valued building blocks shared by the time-domain models (lesson ``04_convtasnet_dptnet``).
+"""Real-valued building blocks shared by the models (lesson ``04_convtasnet_dptnet``).
 
 Written once here: the three layer norms of the Conv-TasNet paper (global ``gLN``, cumulative
 ``cLN``, channel-wise ``chLN``), the learned waveform encoder/decoder pair padded to its stride,

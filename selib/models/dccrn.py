@@ -129,12 +129,15 @@ class DCCRN(SEModel):
 MODEL = DCCRN
 
 _PAPER_E = dict(kernel_num=(16, 32, 64, 128, 256, 256), rnn_units=256)
+_COURSE_STFT = dict(n_fft=512, hop_length=256, win_length=512)
 PRESETS = {
     "paper-teacher": dict(kernel_num=(32, 64, 128, 256, 256, 256), rnn_units=256, complex_lstm=True),
     "paper-student": dict(kernel_num=(16, 32, 64, 128, 128, 128), rnn_units=128, complex_lstm=True),
     "paper-e": dict(_PAPER_E, masking_mode="E"),
     "paper-r": dict(_PAPER_E, masking_mode="R"),
     "paper-c": dict(_PAPER_E, masking_mode="C"),
-    "tiny-teacher": dict(kernel_num=(16, 32, 64, 64, 64, 64), rnn_units=64, complex_lstm=True),
-    "tiny-student": dict(kernel_num=(8, 16, 32, 32, 32, 32), rnn_units=32, complex_lstm=True),
+    # The course presets keep the paper widths' shape but use a 512/256 STFT (32 ms hop): 2.5x fewer
+    # frames than 400/100, which is what lets the quick start train them on 2 CPU cores.
+    "tiny-teacher": dict(kernel_num=(16, 32, 64, 64, 64, 64), rnn_units=64, complex_lstm=True, **_COURSE_STFT),
+    "tiny-student": dict(kernel_num=(8, 16, 32, 32, 32, 32), rnn_units=32, complex_lstm=True, **_COURSE_STFT),
 }
