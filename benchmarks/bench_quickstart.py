@@ -5,7 +5,7 @@ of the largest one, and a sampler adds up the proportional set size (PSS: shared
 between the processes that map them) of the whole process tree once a second, which is what a memory
 limit such as Binder's counts.
 
-    python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--workers 2] [--runs-root runs]
+    python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--workers 1] [--runs-root runs]
 
 Targets on 2 CPU cores: under 20 minutes and under 2 GB resident memory. The figures are printed and
 appended to ``benchmarks/results/quickstart.jsonl``.
@@ -57,7 +57,7 @@ def _pss_mib(pids: list[int]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--runs-root", default="runs")
     parser.add_argument("--data-root", default="data/embedded")
     args = parser.parse_args()

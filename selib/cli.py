@@ -189,23 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs-root", default="runs")
     p.add_argument("--data-root", default="data/embedded")
-    p.add_argument("--workers", type=int, default=2, help="runs at once (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at once (default %(default)s; 2 is faster but needs about 2.5 GB)")
     p.set_defaults(func=cmd_quickstart)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from selib.data.download import DownloadError
+
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as err:  # AudioError and ConfigError are ValueErrors
+    except (ValueError, FileNotFoundError, DownloadError) as err:  # AudioError, ConfigError: ValueErrors
         print(f"selib {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        from selib.data.download import DownloadError
         from selib.train import TrainingDiverged
 
-        if not isinstance(err, (DownloadError, TrainingDiverged)):  # a bug: keep its traceback
+        if not isinstance(err, TrainingDiverged):  # a bug: keep its traceback
             raise
         print(f"selib {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -269,10 +269,11 @@ def _write_chart(table, metric_names, path: Path) -> None:
 
 
 def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str | Path = "data/embedded",
-               workers: int = 2, configs_dir: str | Path = COURSE_CONFIGS) -> list[dict]:
-    """Build the embedded corpus, train every course config for each seed (teachers first), then
-    print and write the report to ``<runs_root>/report.md``. Two runs at a time, one thread each,
-    keep 2 cores busy within about 2 GB (``benchmarks/bench_quickstart.py`` measures it)."""
+               workers: int = 1, configs_dir: str | Path = COURSE_CONFIGS) -> list[dict]:
+    """Build the embedded corpus, train every course config for each seed (runs without a teacher
+    first), then print and write the report to ``<runs_root>/report.md``. One run at a time stays
+    under 2 GB; ``workers=2`` is faster on 2 cores but needs about 2.5 GB
+    (``benchmarks/bench_quickstart.py`` measures both)."""
     from selib import data
 
     print(f"corpus: {data.build_embedded(data_root)}", flush=True)

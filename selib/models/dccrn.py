@@ -136,7 +136,7 @@ PRESETS = {
     "paper-e": dict(_PAPER_E, masking_mode="E"),
     "paper-r": dict(_PAPER_E, masking_mode="R"),
     "paper-c": dict(_PAPER_E, masking_mode="C"),
-    # The course presets keep the paper widths' shape but use a 512/256 STFT (32 ms hop): 2.5x fewer
+    # The course presets keep the paper widths' shape but use a 512/256 STFT (16 ms hop): 2.5x fewer
     # frames than 400/100, which is what lets the quick start train them on 2 CPU cores.
     "tiny-teacher": dict(kernel_num=(16, 32, 64, 64, 64, 64), rnn_units=64, complex_lstm=True, **_COURSE_STFT),
     "tiny-student": dict(kernel_num=(8, 16, 32, 32, 32, 32), rnn_units=32, complex_lstm=True, **_COURSE_STFT),
