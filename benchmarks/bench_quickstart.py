@@ -1,11 +1,11 @@
 """Wall time, CPU time and peak memory of the quick start (``selib quickstart``, what ``make quickstart``
 runs), measured from outside: the quick start runs as a child process; ``getrusage(RUSAGE_CHILDREN)``
-gives the CPU time of every process it waited for (papermill, kernels, metric workers) and the peak RSS
+gives the CPU time of every process it waited for (the quick start and its metric workers) and the peak RSS
 of the largest one, and a sampler adds up the proportional set size (PSS: shared library pages split
 between the processes that map them) of the whole process tree once a second, which is what a memory
 limit such as Binder's counts.
 
-    python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--workers 1] [--runs-root runs]
+    python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--runs-root runs]
 
 Targets on 2 CPU cores: under 20 minutes and under 2 GB resident memory. The figures are printed and
 appended to ``benchmarks/results/quickstart.jsonl``.
@@ -57,12 +57,11 @@ def _pss_mib(pids: list[int]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--runs-root", default="runs")
     parser.add_argument("--data-root", default="data/embedded")
     args = parser.parse_args()
     cmd = [sys.executable, "-m", "selib", "quickstart", "--runs-root", args.runs_root, "--data-root",
-           args.data_root, "--workers", str(args.workers), "--seeds", *map(str, args.seeds)]
+           args.data_root, "--seeds", *map(str, args.seeds)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=HERE.parent)
     peak_pss, done = [0.0], threading.Event()
@@ -82,7 +81,7 @@ def main() -> int:
                "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "peak_total_pss_mib": round(peak_pss[0], 1),
                "seeds": args.seeds,
-               "workers": args.workers, "cores": len(os.sched_getaffinity(0)),
+               "cores": len(os.sched_getaffinity(0)),
                "load_avg_1min_at_end": round(os.getloadavg()[0], 2), "machine": platform.machine()}
     print(f"quick start: exit {code}, wall {wall / 60:.1f} min, CPU {figures['cpu_s'] / 60:.1f} min, "
           f"peak RSS {figures['peak_rss_mib']:.0f} MiB (largest single process), "

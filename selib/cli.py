@@ -116,7 +116,7 @@ def cmd_profile(args) -> None:
 def cmd_quickstart(args) -> None:
     from selib import experiments
 
-    experiments.quickstart(args.runs_root, args.seeds, args.data_root, args.workers)
+    experiments.quickstart(args.runs_root, args.seeds, args.data_root)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,8 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs-root", default="runs")
     p.add_argument("--data-root", default="data/embedded")
-    p.add_argument("--workers", type=int, default=1,
-                   help="runs at once (default %(default)s; 2 is faster but needs about 2.5 GB)")
     p.set_defaults(func=cmd_quickstart)
     return parser
 
