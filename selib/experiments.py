@@ -253,19 +253,15 @@ def _write_markdown(table, failed, metric_names, path: Path) -> None:
 
 
 def _write_chart(table, metric_names, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: leaves the caller's backend alone
 
     from selib import plots
 
-    fig, axes = plt.subplots(1, len(metric_names), figsize=(4.5 * len(metric_names), 3.8),
-                             layout="constrained", squeeze=False)
+    fig = Figure(figsize=(4.5 * len(metric_names), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(metric_names), squeeze=False)
     for ax, metric in zip(axes[0], metric_names):
         plots.result_chart(table, metric, ax=ax)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str | Path = "data/embedded",

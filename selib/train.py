@@ -451,7 +451,8 @@ class Trainer:
             self.save("best.pt")
         if self.rank == 0:
             (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()  # I²S alphas: history.json only
+                          if isinstance(v, float) and "alpha" not in k)
         self._log(f"epoch {record['epoch']}/{cfg.optim.epochs} step {self.step}: {shown}"
                   + (" (best)" if improved else ""))
 

@@ -33,7 +33,7 @@ def test_stft_round_trip_any_length(n_fft, hop, win, window, center):
         assert y.shape == x.shape
         assert (y - x).abs().max().item() < 1e-5, (length, (y - x).abs().max().item())
         mono = stft(x[0])  # [T] in, [F, frames] out, the same frames as in the batch
-        assert torch.equal(mono, spec[0])
+        torch.testing.assert_close(mono, spec[0])  # batched FFTs may round differently
         assert stft.inverse(mono, length).shape == (length,)
 
 
