@@ -23,12 +23,7 @@ class AudioError(ValueError):
 
 
 def check_waveform(wav: torch.Tensor | np.ndarray, name: str = "waveform") -> None:
-    """Raise :class:`AudioError` if ``wav`` is empty or holds NaN/Inf samples.
-
-    Skipped while ``torch.jit.trace``/``torch.export`` capture a model: a graph cannot branch on
-    sample values."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return
+    """Raise :class:`AudioError` if ``wav`` is empty or holds NaN/Inf samples."""
     wav = torch.as_tensor(wav)
     if wav.numel() == 0 or wav.shape[-1] == 0:
         raise AudioError(f"{name}: the audio is empty (0 samples); use a file with sound in it.")
