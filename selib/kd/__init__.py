@@ -37,7 +37,8 @@ _DFKD_OPTIONS = _names(DFKDLoss)
 _I2S_OPTIONS = _names(I2STFCKD, skip=("student_shapes", "teacher_shapes", "batch_size", "segment_samples"))
 OPTIONS = {
     "none": (), "logits-mse": ("normalise",), "logits-sisnr": (), "logits-spec": _STFT_OPTIONS,
-    "dfkd": _DFKD_OPTIONS, "i2s-tfckd": _I2S_OPTIONS, "dfkd+i2s-tfckd": ("dfkd_weight", "i2s_weight", *_DFKD_OPTIONS, *_I2S_OPTIONS),
+    "dfkd": _DFKD_OPTIONS, "i2s-tfckd": _I2S_OPTIONS,
+    "dfkd+i2s-tfckd": ("dfkd_weight", "i2s_weight", *_DFKD_OPTIONS, *_I2S_OPTIONS),
 }
 
 
