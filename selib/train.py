@@ -103,6 +103,21 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(py_state), py_gauss))
 
 
+@torch.no_grad()
+def si_sdr_total(model: nn.Module, dataset: Dataset, indices, device: torch.device) -> torch.Tensor:
+    """``[sum of SI-SDR (dB), count]`` (float64) of ``model`` on the whole utterances ``indices`` of
+    ``dataset``: the validation score of :meth:`Trainer.validate` and of shipped teachers."""
+    from selib.metrics import si_sdr_torch
+
+    total = torch.zeros(2, dtype=torch.float64)
+    for i in indices:
+        item = dataset[i]
+        est = model(item["noisy"].to(device)[None])
+        total += torch.tensor([float(si_sdr_torch(est.float(), item["clean"].to(device)[None])[0]), 1.0],
+                              dtype=torch.float64)
+    return total
+
+
 class _Objective(nn.Module):
     """Student and distiller as one module, so that DDP averages the gradients of both."""
 
@@ -568,15 +583,9 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float:
         """Mean SI-SDR (dB) of the student on the whole validation utterances (shared over ranks)."""
-        from selib.metrics import si_sdr_torch
         valid = self._dataset("valid")
         self._set_train(False)
-        total = torch.zeros(2, dtype=torch.float64)
-        for i in range(self.rank, len(valid), self.world):
-            item = valid[i]
-            est = self.student(item["noisy"].to(self.device)[None])
-            total += torch.tensor([float(si_sdr_torch(est.float(), item["clean"].to(self.device)[None])[0]), 1.0],
-                                  dtype=torch.float64)
+        total = si_sdr_total(self.student, valid, range(self.rank, len(valid), self.world), self.device)
         if self.world > 1:
             dist.all_reduce(total)
         self._set_train(True)
