@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from selib import kd, models
-from selib.config import Config, ConfigError, load
+from selib.config import DEFAULTS, TEACHER_DEFAULTS, Config, ConfigError, load
 
 SPLIT_BIN_HZ = 31.25   # DFKD split histogram resolution: one bin of the 512-point STFT at 16 kHz
 
@@ -350,7 +350,9 @@ class Trainer:
             return
         state = torch.load(path, map_location="cpu", weights_only=True)    # load_state_dict moves it
         old, new = _flatten(state["config"]), _flatten(self.cfg.to_dict())
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+        # A key the old config lacks (added to selib since) had its default value.
+        defaults = {**_flatten(DEFAULTS), **_flatten(TEACHER_DEFAULTS, "teacher.")}
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k, defaults.get(k)) != new.get(k)
                          and not k.startswith(RESUMABLE_CHANGES))
         if changed:
             raise ConfigError(f"{path}: was written with another config ({', '.join(changed)} differ); use a "
