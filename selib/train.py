@@ -446,13 +446,18 @@ class Trainer:
 
     def _grad_norms(self, se: torch.Tensor, kd_loss: torch.Tensor) -> list[float]:
         """L2 norms of the gradients of ``L_SE`` and of the unweighted ``KD`` w.r.t. the student's
-        parameters; the graph is kept for the training backward."""
+        parameters (under DDP of the gradients averaged over ranks, as the optimiser sees them); the
+        graph is kept for the training backward."""
         params = [p for p in self.student.parameters() if p.requires_grad]
         norms = []
         for loss in (se, kd_loss):
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            norms.append(float(torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None]))))
+            flat = torch.cat([(torch.zeros_like(p) if g is None else g).float().flatten()
+                              for g, p in zip(grads, params)])
+            if self.world > 1:
+                dist.all_reduce(flat)
+                flat /= self.world
+            norms.append(float(torch.linalg.vector_norm(flat)))
         return norms
 
     def balance_weight(self) -> float:
@@ -470,8 +475,6 @@ class Trainer:
                 teacher_out, teacher_features = self._teacher_outputs(noisy)
                 se, kd_loss, _ = self.local_objective(noisy, clean, teacher_out, teacher_features)
             sums += torch.tensor([*self._grad_norms(se, kd_loss), 1.0], dtype=torch.float64)
-        if self.world > 1:
-            dist.all_reduce(sums)
         for module, state in zip((self.student, self.distiller), saved):
             module.load_state_dict(state)
         set_rng_state(rng)

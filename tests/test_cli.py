@@ -13,7 +13,7 @@ import soundfile as sf
 
 from selib import config, data, train
 
-COMMANDS = ["data", "train", "eval", "enhance", "run", "report", "profile", "quickstart"]
+COMMANDS = ["data", "train", "eval", "enhance", "run", "report", "profile", "quickstart", "teachers"]
 REPO = Path(__file__).resolve().parents[1]
 
 
