@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import struct
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from selib.files import write_atomically
 
 SAMPLE_RATE = 16000
 RATE_RANGE = (4000, 384000)      # sample rates load() accepts, in Hz (telephone band to 384 kHz studio)
@@ -102,14 +103,7 @@ def save(path: str | Path, wav: torch.Tensor | np.ndarray, sample_rate: int = SA
     encoded = io.BytesIO()   # encoded in memory, so that file-system errors are Python's OSErrors
     sf.write(encoded, wav.numpy(), sample_rate, format=kind,
              subtype=subtype if sf.check_format(kind, subtype) else None)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:   # a full disk or a kill never leaves a half-written file under the real name
-        tmp.write_bytes(encoded.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, encoded.getbuffer())
 
 
 def check_output_path(path: str | Path, source: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -117,11 +111,11 @@ def check_output_path(path: str | Path, source: str | Path | None = None, overwr
     (:data:`OUTPUT_FORMATS`), not a folder, no file in the way of its folders, and not the ``source``
     file itself unless ``overwrite``. Checked before any work, so a mistake costs nothing."""
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder; give a file name, e.g. {path / 'enhanced.wav'}.")
     if path.suffix.lower() not in OUTPUT_FORMATS:
         raise AudioError(f"{path}: unknown audio extension {path.suffix or '(none)'!r}; "
                          f"name the output *{', *'.join(OUTPUT_FORMATS)}.")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder; give a file name, e.g. {path / 'enhanced.wav'}.")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -10,13 +10,15 @@ legacy or malicious file) and a file without the selib keys. :func:`load_model` 
 """
 from __future__ import annotations
 
-import os
+import io
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from selib.files import write_atomically
 
 REQUIRED_KEYS = ("model", "config")
 DEFAULT_FIX = "pass the best.pt or last.pt that selib wrote for a run (selib train CONFIG makes one)"
@@ -27,17 +29,12 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` through a temporary file in the same folder, so that a crash or a
-    full disk never leaves a half-written checkpoint under the real name (nor the temporary file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(dict(state), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``state`` to ``path`` atomically (:func:`selib.files.write_atomically`). It is serialised
+    in memory first, so file-system errors are ``OSError``s naming the file (torch's own writer
+    reports them as bare RuntimeErrors)."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    return write_atomically(path, buffer.getbuffer())
 
 
 def verify_checkpoint(path: str | Path, fix: str = DEFAULT_FIX) -> None:

@@ -256,6 +256,7 @@ def _os_error(err: OSError) -> str:
              errno.EACCES: "check the permissions or write elsewhere",
              errno.EPERM: "check the permissions or write elsewhere",
              errno.EROFS: "the file system is read-only: write elsewhere",
+             errno.EFBIG: "the file system refused the file's size: free some space or write elsewhere",
              errno.ENOENT: "check the path", errno.EISDIR: "give a file name, not a folder",
              errno.ENOTDIR: "a part of the path is a file, not a folder"}
     fix = fixes.get(err.errno, "check the path")
