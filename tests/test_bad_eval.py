@@ -14,18 +14,17 @@ import torch
 from torch import nn
 
 from selib.audio import AudioError
-from selib.data import build_embedded, load_manifest
+from selib.data import load_manifest
 from selib.inference import ModelOutputError, enhance, enhance_and_score
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from bad_input import (assert_one_line_error, flip_byte, limit_file_size, run_selib,  # noqa: E402
-                       write_checkpoint, write_speech_like)
+                       write_checkpoint, write_corpus, write_speech_like)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return build_embedded(tmp_path_factory.mktemp("corpus") / "embedded", n_train=1, n_valid=1, n_test=3,
-                          workers=1, verbose=False)
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "embedded")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +78,11 @@ def test_eval_scores_the_rest_past_a_damaged_file(tmp_path, corpus, checkpoint):
     assert [rows[k]["si_sdr_status"] for k in ("test_0000", "test_0001", "test_0002")] == ["ok", "unreadable", "ok"]
     assert "SHA-256 differs from the corpus manifest" in rows["test_0001"]["si_sdr_reason"]
     assert str(damaged / item["noisy"]) in rows["test_0001"]["si_sdr_reason"]
+    # selib data verify finds the same file, and only it.
+    verify = run_selib("data", "verify", "--root", damaged)
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr
+    assert verify.stdout.splitlines()[0] == f"{damaged / item['noisy']}: SHA-256 differs from the manifest (the file changed)"
+    assert f"{damaged}: 14 of 15 files match the manifest; rebuild the corpus" in verify.stdout
 
 
 class _Dilated(nn.Module):

@@ -89,3 +89,31 @@ def limit_file_size(max_bytes: int):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     return apply
+
+
+def write_corpus(root: Path, n_test: int = 3, seconds: float = 1.0) -> Path:
+    """A small corpus in the embedded layout (``<split>/{noisy,clean,noise}/<id>.wav`` and a
+    ``manifest.json`` with each file's SHA-256), without the TTS build: one item in train and valid."""
+    import hashlib
+    import json
+
+    rng = np.random.default_rng(1)
+    splits = {}
+    for split, n in (("train", 1), ("valid", 1), ("test", n_test)):
+        items = []
+        for i in range(n):
+            item_id = f"{split}_{i:04d}"
+            t = np.arange(int(seconds * 16000)) / 16000
+            clean = 0.3 * np.sin(2 * np.pi * (150 + 20 * i) * t) * (0.6 + 0.4 * np.sin(3 * t))
+            noise = 0.05 * rng.standard_normal(t.size)
+            item = {"id": item_id, "sha256": {}}
+            for key, wav in (("noisy", clean + noise), ("clean", clean), ("noise", noise)):
+                item[key] = f"{split}/{key}/{item_id}.wav"
+                path = root / item[key]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(path, wav, 16000, subtype="PCM_16")
+                item["sha256"][key] = hashlib.sha256(path.read_bytes()).hexdigest()
+            items.append(item)
+        splits[split] = items
+    (root / "manifest.json").write_text(json.dumps({"format": 1, "sample_rate": 16000, "splits": splits}))
+    return root
