@@ -86,9 +86,26 @@ def cmd_enhance(args) -> None:
 
     noisy = audio.load(args.input, mix_down=args.mix_down)
     model, _ = load_model(args.checkpoint)
-    with torch.no_grad():
-        enhanced = model(noisy[None])[0]
+    if args.stream:
+        from selib.streaming import stream
+
+        enhanced = stream(model, noisy[None])[0]
+    else:
+        with torch.no_grad():
+            enhanced = model(noisy[None])[0]
     print(audio.save(args.output, enhanced.clamp(-1.0, 1.0)))
+
+
+def cmd_export(args) -> None:
+    from selib.experiments import load_model
+    from selib.export import ONNX_OPSET, export_files
+
+    model, _ = load_model(args.checkpoint)
+    result = export_files(model, args.out)
+    print(f"torch.export: {result['torch.export']}")
+    print(f"ONNX (opset {ONNX_OPSET}): {result['onnx']}")
+    for name, diffs in result["max_abs_diff"].items():
+        print(f"max |{name} - eager|: " + ", ".join(f"{d:.1e} at {n} samples" for n, d in diffs.items()))
 
 
 def cmd_run(args) -> None:
@@ -161,7 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN.wav")
     p.add_argument("output", metavar="OUT.wav")
     p.add_argument("--mix-down", action="store_true", help="average the channels of a multi-channel file")
+    p.add_argument("--stream", action="store_true",
+                   help="enhance frame by frame as a real-time system would (causal models only)")
     p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("export", help="export a checkpoint's model with torch.export and to ONNX",
+                       description="Write student.pt2 (torch.export) and student.onnx (onnxruntime) with "
+                       "dynamic batch and time axes, and compare both with the eager model.")
+    p.add_argument("checkpoint", help="best.pt or last.pt of a run")
+    p.add_argument("--out", default="deploy", help="output folder (default %(default)s)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="run configs with papermill over seeds",
                        description="Execute notebooks/runs/train.ipynb per (config, seed) into "
