@@ -40,6 +40,14 @@ def cmd_train(args) -> None:
     from selib import config, train
 
     cfg = config.load(args.config, _overrides(args.set))
+    if args.dry_run:
+        p = train.dry_run(cfg)
+        print(f"{p['device']}: {p['step_seconds']:.3f} s per training step (median of {p['steps_timed']} "
+              f"after a warm-up step), peak memory {p['peak_memory_bytes'] / 2**30:.2f} GiB")
+        print(f"projected: {p['epoch_seconds'] / 60:.1f} min per epoch ({p['batches_per_epoch']} batches), "
+              f"{p['run_seconds'] / 3600:.2f} h for the run ({p['total_steps']} steps, validation not "
+              "included); nothing was trained or written")
+        return
     run_dir = Path(args.run_dir) if args.run_dir else cfg.run_dir()
     result = train.run(cfg, run_dir)
     _print_summary(result["summary"])
@@ -157,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run folder (default runs/<name>-s<seed>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.epochs=1 (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="time a few steps on this device, print the projected time per epoch and for the "
+                   "run, and exit without training or writing anything")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split",

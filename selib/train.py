@@ -349,11 +349,7 @@ class Trainer:
     def _train_epoch(self) -> None:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(self.epoch)
-        sampler = EpochBatches(len(self.train_set), self.cfg.data.batch_size, self.cfg.seed, self.epoch,
-                               self.rank, self.world, start=self.batch)
-        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
-                            generator=epoch_generator(self.cfg.seed, self.epoch),
-                            pin_memory=self.device.type == "cuda")
+        loader = self._loader()
         from tqdm.auto import tqdm
         bar = tqdm(total=self.n_batches, initial=self.batch, disable=not self.progress, leave=False,
                    desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", unit="batch")
@@ -374,6 +370,14 @@ class Trainer:
                 break
         bar.close()
         self.running["seconds"] += time.perf_counter() - started
+
+    def _loader(self) -> DataLoader:
+        """This epoch's batches from the current position (pinned memory on CUDA)."""
+        sampler = EpochBatches(len(self.train_set), self.cfg.data.batch_size, self.cfg.seed, self.epoch,
+                               self.rank, self.world, start=self.batch)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
+                          generator=epoch_generator(self.cfg.seed, self.epoch),
+                          pin_memory=self.device.type == "cuda")
 
     def _train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
         noisy = batch["noisy"].to(self.device, non_blocking=True)
@@ -549,6 +553,41 @@ class Trainer:
         """Leave the process group joined in ``__init__`` (under ``torchrun``)."""
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def dry_run(config: Config | Mapping | str | Path, steps: int = 3) -> dict[str, Any]:
+    """Time ``steps`` training steps (after one warm-up step) on the present device and project the
+    time per epoch and for the whole run, without training or writing anything: the trainer works
+    in a temporary folder that is deleted. A batch that does not fit in GPU memory is a
+    :class:`ConfigError` naming ``data.batch_size`` (what ``selib train --dry-run`` prints)."""
+    import resource
+    import statistics
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(config, scratch)
+        device, times = trainer.device, []
+        batches = iter(trainer._loader())
+        try:
+            for i in range(min(steps + 1, trainer.n_batches)):
+                batch = next(batches)
+                started = time.perf_counter()
+                trainer._train_step(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i:  # the first step warms up
+                    times.append(time.perf_counter() - started)
+        except torch.OutOfMemoryError as err:
+            raise ConfigError(f"data.batch_size = {trainer.cfg.data.batch_size} does not fit in the memory "
+                              f"of {device}; lower data.batch_size or train on a larger device.") from err
+        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        trainer.close()
+    step = statistics.median(times or [math.nan])
+    return {"device": str(device), "step_seconds": step, "steps_timed": len(times),
+            "batches_per_epoch": trainer.n_batches, "epoch_seconds": step * trainer.n_batches,
+            "total_steps": trainer.total_steps, "run_seconds": step * trainer.total_steps,
+            "peak_memory_bytes": peak}
 
 
 def run(config: Config | Mapping | str | Path, run_dir: str | Path | None = None,
