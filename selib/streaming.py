@@ -1,9 +1,9 @@
 """Frame-by-frame enhancement with a causal student, lesson ``11_results_and_deployment``.
 
-A streamer takes the input in blocks of :attr:`hop` samples, carries every piece of state the offline
-``forward`` keeps implicitly (the previous frames of causal convolutions, LSTM states, cumulative
-norm statistics, pending overlap-add samples) and returns the enhanced samples that are final. The
-concatenated output equals ``model(noisy)`` up to float rounding; the tests check it for each causal
+A streamer takes the input in blocks of ``hop`` samples (``step(block [B, hop])`` returns the samples
+that became final, ``flush()`` the rest) and carries every piece of state the offline ``forward``
+keeps implicitly (the previous frames of causal convolutions, LSTM states, cumulative norm
+statistics, pending overlap-add samples). The concatenated output equals ``model(noisy)`` up to float rounding; the tests check it for each causal
 student. ``latency`` is the longest time, in samples, from an input sample's arrival to the output
 of its enhanced sample: the wait for its block to fill plus the model's look-ahead.
 
@@ -20,7 +20,8 @@ from torch.nn import functional as F
 from selib.models import SEModel
 from selib.models.blocks import ChannelLayerNorm, CumulativeLayerNorm
 from selib.models.complex import _complex_apply, apply_mask
-from selib.models.dccrn import _complex_cat
+from selib.models.convtasnet import ConvTasNet
+from selib.models.dccrn import DCCRN, _complex_cat
 
 
 class _NormStep:
@@ -43,20 +44,7 @@ class _NormStep:
         return x * self.norm.weight[:, None] + self.norm.bias[:, None]
 
 
-class Streamer:
-    """Common driver: :meth:`step` takes ``[B, hop]``, :meth:`flush` ends the stream."""
-
-    hop: int
-    latency: int
-
-    def step(self, block: torch.Tensor) -> torch.Tensor:  # pragma: no cover - defined by subclasses
-        raise NotImplementedError
-
-    def flush(self) -> torch.Tensor:  # pragma: no cover - defined by subclasses
-        raise NotImplementedError
-
-
-class ConvTasNetStreamer(Streamer):
+class ConvTasNetStreamer:
     """Causal Conv-TasNet, one encoder frame (``L / 2`` samples) per step."""
 
     def __init__(self, model):
@@ -110,7 +98,7 @@ class ConvTasNetStreamer(Streamer):
         return self._frame(torch.zeros_like(self.previous))
 
 
-class DCCRNStreamer(Streamer):
+class DCCRNStreamer:
     """DCCRN, one STFT frame (``hop_length`` samples) per step; each of the ``depth`` decoder blocks
     looks one frame ahead, so the mask of frame ``t`` is known after frame ``t + depth``."""
 
@@ -229,12 +217,12 @@ class DCCRNStreamer(Streamer):
         return self._take()
 
 
-def streamer(model: SEModel) -> Streamer:
+def streamer(model: SEModel) -> DCCRNStreamer | ConvTasNetStreamer:
     """The streamer of a causal model (eval mode); a clear error for models that cannot stream."""
     model.eval()
-    if model.family == "dccrn" or type(model).__name__ == "DCCRN":
+    if isinstance(model, DCCRN):
         return DCCRNStreamer(model)
-    if type(model).__name__ == "ConvTasNet":
+    if isinstance(model, ConvTasNet):
         return ConvTasNetStreamer(model)
     raise ValueError(f"{type(model).__name__} is not causal and cannot stream; stream DCCRN or a "
                      "Conv-TasNet built with causal=True (preset paper-causal)")
