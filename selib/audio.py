@@ -232,19 +232,27 @@ class STFT(torch.nn.Module):
             return 1 + (padded - self.n_fft % 2) // self.hop_length
         return 1 + max(0, padded - self.n_fft) // self.hop_length
 
+    def _frame_window(self, dtype: torch.dtype) -> torch.Tensor:
+        """The window zero-padded to ``n_fft`` samples, centred in the frame as torch.stft does."""
+        offset = (self.n_fft - self.win_length) // 2
+        return torch.nn.functional.pad(self.window.to(dtype), (offset, self.n_fft - self.win_length - offset))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeeze = x.dim() == 1
         x = x.unsqueeze(0) if squeeze else x
         if x.dim() != 2:
             raise ValueError(f"STFT takes [T] or [B, T] waveforms, got shape {tuple(x.shape)}")
         left, right = self._pads(x.shape[-1])
-        if not self.center:
+        if self.center:  # torch.stft's centring: half a frame of zeros at both ends
+            left, right = left + self.n_fft // 2, right + self.n_fft // 2
+        else:
             # Without centring, frames are n_fft long: make sure at least one fits.
             right += max(0, self.n_fft - (x.shape[-1] + left + right))
         x = torch.nn.functional.pad(x, (left, right))
-        spec = torch.stft(x, self.n_fft, self.hop_length, self.win_length,
-                          window=self.window.to(x.dtype), center=self.center, pad_mode="constant",
-                          return_complex=True)
+        # torch.stft's own framing, written out as real tensors so that the complex spectrum is the
+        # last step: ONNX export (lesson 11) handles complex tensors only as outputs of an FFT.
+        frames = x.unfold(-1, self.n_fft, self.hop_length) * self._frame_window(x.dtype)
+        spec = torch.fft.rfft(frames, dim=-1).transpose(1, 2)
         return spec[0] if squeeze else spec
 
     def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
@@ -252,22 +260,18 @@ class STFT(torch.nn.Module):
         spec = spec.unsqueeze(0) if squeeze else spec
         left, right = self._pads(length)
         padded = length + left + right
-        if not self.center:
-            padded = max(padded, self.n_fft)
-        window = self.window.to(spec.real.dtype)
-        if self.center:
-            x = torch.istft(spec, self.n_fft, self.hop_length, self.win_length, window=window,
-                            center=True, length=padded)
+        if self.center:  # the frames also cover half a frame before and after the padded signal
+            left, padded = left + self.n_fft // 2, padded + 2 * (self.n_fft // 2)
         else:
-            x = self._overlap_add(spec, window, padded)
-        x = x[..., left:left + length]
+            padded = max(padded, self.n_fft)
+        x = self._overlap_add(spec, padded)[..., left:left + length]
         return x[0] if squeeze else x
 
-    def _overlap_add(self, spec: torch.Tensor, window: torch.Tensor, padded: int) -> torch.Tensor:
-        """Windowed overlap-add for ``center=False``, where torch.istft rejects the zero-valued
-        window edges of the padding; only padded samples have a zero window envelope."""
-        offset = (self.n_fft - self.win_length) // 2
-        window = torch.nn.functional.pad(window, (offset, self.n_fft - self.win_length - offset))
+    def _overlap_add(self, spec: torch.Tensor, padded: int) -> torch.Tensor:
+        """Windowed overlap-add with the squared-window envelope divided out (what torch.istft does,
+        which rejects the zero-valued envelope of ``center=False`` padding and cannot be exported to
+        ONNX); only padded samples have a zero envelope."""
+        window = self._frame_window(spec.real.dtype)
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * window[:, None]
         n_frames = frames.shape[-1]
         fold = dict(output_size=(1, padded), kernel_size=(1, self.n_fft), stride=(1, self.hop_length))

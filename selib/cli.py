@@ -54,6 +54,14 @@ def cmd_train(args) -> None:
     from selib import config, train
 
     cfg = config.load(args.config, _overrides(args.set))
+    if args.dry_run:
+        p = train.dry_run(cfg)
+        print(f"{p['device']}: {p['step_seconds']:.3f} s per training step (median of {p['steps_timed']} "
+              f"after a warm-up step), peak memory {p['peak_memory_bytes'] / 2**30:.2f} GiB")
+        print(f"projected: {p['epoch_seconds'] / 60:.1f} min per epoch ({p['batches_per_epoch']} batches), "
+              f"{p['run_seconds'] / 3600:.2f} h for the run ({p['total_steps']} steps, validation not "
+              "included); nothing was trained or written")
+        return
     run_dir = Path(args.run_dir) if args.run_dir else cfg.run_dir()
     result = train.run(cfg, run_dir, test=not args.no_test)
     if result:
@@ -97,6 +105,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_enhance(args) -> None:
+    import torch
+
     from selib import audio
     from selib.checkpoints import load_model
     from selib.inference import ModelOutputError, enhance
@@ -105,13 +115,31 @@ def cmd_enhance(args) -> None:
     model, _ = load_model(args.checkpoint)          # a bad checkpoint costs no audio reading
     noisy = audio.load(args.input, mix_down=args.mix_down)
     try:
-        enhanced = enhance(model, noisy)
+        if args.stream:
+            from selib.streaming import stream
+
+            with torch.no_grad():
+                enhanced = stream(model, noisy[None])[0]
+        else:
+            enhanced = enhance(model, noisy)
     except ModelOutputError as err:
         raise ModelOutputError(f"{args.checkpoint}: {err} (input {args.input}; nothing was written)") from None
     clipped = int((enhanced > 1.0).sum() + (enhanced < -1.0).sum())      # no float copies of a long file
     if clipped:
         print(f"{clipped} samples beyond full scale were clipped to [-1, 1] in {args.output}", file=sys.stderr)
     print(audio.save(args.output, enhanced.clamp_(-1.0, 1.0)))
+
+
+def cmd_export(args) -> None:
+    from selib.experiments import load_model
+    from selib.export import ONNX_OPSET, export_files
+
+    model, _ = load_model(args.checkpoint)
+    result = export_files(model, args.out)
+    print(f"torch.export: {result['torch.export']}")
+    print(f"ONNX (opset {ONNX_OPSET}): {result['onnx']}")
+    for name, diffs in result["max_abs_diff"].items():
+        print(f"max |{name} - eager|: " + ", ".join(f"{d:.1e} at {n} samples" for n, d in diffs.items()))
 
 
 def cmd_run(args) -> None:
@@ -177,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.epochs=1 (repeatable)")
     p.add_argument("--no-test", action="store_true", help="fit only; skip the test split")
+    p.add_argument("--dry-run", action="store_true",
+                   help="time a few steps on this device, print the projected time per epoch and for the "
+                   "run, and exit without training or writing anything")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split",
@@ -199,7 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUT.wav")
     p.add_argument("--mix-down", action="store_true", help="average the channels of a multi-channel file")
     p.add_argument("--overwrite", action="store_true", help="allow OUT to be IN (replaces the input)")
+    p.add_argument("--stream", action="store_true",
+                   help="enhance frame by frame as a real-time system would (causal models only)")
     p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("export", help="export a checkpoint's model with torch.export and to ONNX",
+                       description="Write student.pt2 (torch.export) and student.onnx (onnxruntime) with "
+                       "dynamic batch and time axes, and compare both with the eager model.")
+    p.add_argument("checkpoint", help="best.pt or last.pt of a run")
+    p.add_argument("--out", default="deploy", help="output folder (default %(default)s)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="run configs with papermill over seeds",
                        description="Execute notebooks/runs/train.ipynb per (config, seed) into "

@@ -644,6 +644,41 @@ class Trainer:
             dist.destroy_process_group()
 
 
+def dry_run(config: Config | Mapping | str | Path, steps: int = 3) -> dict[str, Any]:
+    """Time ``steps`` training steps (after one warm-up step) on the present device and project the
+    time per epoch and for the whole run, without training or writing anything: the trainer works
+    in a temporary folder that is deleted. A batch that does not fit in GPU memory is a
+    :class:`ConfigError` naming ``data.batch_size`` (what ``selib train --dry-run`` prints)."""
+    import resource
+    import statistics
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(config, scratch)
+        device, times = trainer.device, []
+        batches = iter(trainer._loader(trainer.epoch, start=trainer.batch))
+        try:
+            for i in range(min(steps + 1, trainer.n_batches)):
+                batch = next(batches)
+                started = time.perf_counter()
+                trainer._train_step(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i:  # the first step warms up
+                    times.append(time.perf_counter() - started)
+        except torch.OutOfMemoryError as err:
+            raise ConfigError(f"data.batch_size = {trainer.cfg.data.batch_size} does not fit in the memory "
+                              f"of {device}; lower data.batch_size or train on a larger device.") from err
+        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        trainer.close()
+    step = statistics.median(times or [math.nan])
+    return {"device": str(device), "step_seconds": step, "steps_timed": len(times),
+            "batches_per_epoch": trainer.n_batches, "epoch_seconds": step * trainer.n_batches,
+            "total_steps": trainer.total_steps, "run_seconds": step * trainer.total_steps,
+            "peak_memory_bytes": peak}
+
+
 def run(config: Config | Mapping | str | Path, run_dir: str | Path | None = None,
         overrides: Mapping[str, Any] | list[str] | None = None, datasets: Mapping[str, Dataset] | None = None,
         test: bool = True) -> dict[str, Any]:
