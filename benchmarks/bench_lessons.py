@@ -9,6 +9,8 @@ The kernel imports selib from this checkout and gets 2 BLAS/torch threads, as on
 
 Peak memory is the largest total proportional set size (PSS) of the kernel and every process it starts
 (metric workers, papermill runs), sampled every 0.2 s: what a memory limit such as Binder's 2 GB counts.
+CPU time is the user + system time of the same processes (each one's own, sampled as well, so a child
+that lives under 0.2 s is missed): unlike the wall time, it hardly depends on what else the machine runs.
 
     python benchmarks/bench_lessons.py [--lessons 00 01 ...] [--write]
 
@@ -73,11 +75,14 @@ def run_lesson(path: Path, build_corpus: bool) -> dict:
                "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
         client = NotebookClient(nb, timeout=1200, kernel_name="python3",
                                 resources={"metadata": {"path": str(notebook.parent)}})
-        peak, done = [0.0], threading.Event()
+        peak, cpu_ticks, done = [0.0], {}, threading.Event()
 
         def sample():
             while not done.wait(0.2):
-                peak[0] = max(peak[0], _pss_mib(_tree(os.getpid())[1:]))   # the kernel and its children
+                tree = _tree(os.getpid())[1:]                                  # the kernel and its children
+                peak[0] = max(peak[0], _pss_mib(tree))
+                for pid in tree:
+                    cpu_ticks[pid] = max(cpu_ticks.get(pid, 0), _own_cpu_ticks(pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -90,9 +95,19 @@ def run_lesson(path: Path, build_corpus: bool) -> dict:
         done.set()
         sampler.join()
     return {"lesson": path.name, "title": lesson_title(path), "ok": error is None, "error": error,
-            "wall_s": round(wall, 1), "peak_pss_mib": round(peak[0]), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "wall_s": round(wall, 1), "cpu_s": round(sum(cpu_ticks.values()) / os.sysconf("SC_CLK_TCK"), 1),
+            "peak_pss_mib": round(peak[0]), "date": time.strftime("%Y-%m-%d %H:%M"),
             "cores": len(os.sched_getaffinity(0)), "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
             "corpus": "built by the lesson" if build_corpus else "linked, already built"}
+
+
+def _own_cpu_ticks(pid: int) -> int:
+    """User + system CPU time of one process itself (not its children), in clock ticks; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
 
 
 def lesson_title(path: Path) -> str:
@@ -102,7 +117,7 @@ def lesson_title(path: Path) -> str:
 
 def table_row(figures: dict) -> str:
     status = "" if figures["ok"] else " (failed)"
-    return (f"| {figures['lesson'][:2]} | {figures['title']} | {figures['wall_s']:.0f} s{status} | "
+    return (f"| {figures['lesson'][:2]} | {figures['title']} | {figures['wall_s']:.0f} s{status} | {figures['cpu_s']:.0f} s | "
             f"{figures['peak_pss_mib']:,d} MiB | {figures['date'][:10]}, {figures['cores']} cores, "
             f"load {figures['load_avg_1min_at_end']:g} |")
 
@@ -128,20 +143,20 @@ def main() -> int:
     parser.add_argument("--build-corpus", action="store_true", help="let each lesson build the corpus itself")
     parser.add_argument("--write", action="store_true", help="update the table in notebooks/README.md")
     args = parser.parse_args()
-    rows, failed = {}, False
+    failed = False
     (HERE / "results").mkdir(exist_ok=True)
     for path in lesson_paths(args.lessons):
         figures = run_lesson(path, args.build_corpus)
         over = figures["wall_s"] > BUDGET_S or figures["peak_pss_mib"] > BUDGET_MIB
         failed |= over or not figures["ok"]
         print(f"{path.name}: {'ok' if figures['ok'] else figures['error']}, wall {figures['wall_s']:.0f} s, "
+              f"CPU {figures['cpu_s']:.0f} s, "
               f"peak PSS {figures['peak_pss_mib']} MiB, load {figures['load_avg_1min_at_end']}"
               + (" - over the budget of 4 min / 2 GB" if over else ""), flush=True)
         with open(HERE / "results" / "lessons.jsonl", "a") as f:
             f.write(json.dumps(figures) + "\n")
-        rows[path.name[:2]] = table_row(figures)
-    if args.write:
-        write_table(rows, ROOT / "notebooks" / "README.md")
+        if args.write:   # after every lesson, so an interrupted run keeps what it measured
+            write_table({path.name[:2]: table_row(figures)}, ROOT / "notebooks" / "README.md")
     return 1 if failed else 0
 
 

@@ -22,7 +22,9 @@ def course(*args: str) -> subprocess.CompletedProcess:
 
 
 def lesson_with_solutions() -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook()
+    nb = nbformat.v4.new_notebook(metadata={
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python", "pygments_lexer": "ipython3"}})
     ran = nbformat.v4.new_code_cell("x = 1\nprint(x)", execution_count=1,
                                     outputs=[nbformat.v4.new_output("stream", name="stdout", text="1\n")])
     ran.metadata["execution"] = {"iopub.execute_input": "2026-12-01T08:47:33.693203Z"}
@@ -33,7 +35,7 @@ def lesson_with_solutions() -> nbformat.NotebookNode:
     bare = nbformat.v4.new_code_cell("z = 2 * x")
     bare.metadata["tags"] = ["solution"]
     nb.cells = [nbformat.v4.new_markdown_cell("# 00 · A lesson\n\n[badge](../binder/README.md)"), ran,
-                nbformat.v4.new_markdown_cell("### Exercise 0.1 — roots"), solution, note, bare]
+                nbformat.v4.new_markdown_cell("## Exercises\n\n### Exercise 0.1 — roots"), solution, note, bare]
     return nb
 
 
@@ -72,7 +74,7 @@ def test_exercise_version_stubs_solutions_keeps_setup_and_clears_outputs(tmp_pat
     assert not any("sqrt" in s or "2 * x" in s or "square root" in s for s in sources)
     assert all(c.outputs == [] and c.execution_count is None and "execution" not in c.metadata
                for c in ex.cells if c.cell_type == "code")
-    assert "x = 1\nprint(x)" in sources and "### Exercise 0.1 — roots" in sources
+    assert "x = 1\nprint(x)" in sources and "## Exercises\n\n### Exercise 0.1 — roots" in sources
 
 
 def test_check_reports_an_exercise_notebook_that_lags_its_lesson(tmp_path):
