@@ -33,6 +33,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -90,7 +91,9 @@ def run_lesson(path: Path, build_corpus: bool) -> dict:
         try:
             client.execute(env=env)
         except Exception as exc:  # a failing cell: report which lesson and why, then go on with the next
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            lines = str(exc).strip().splitlines() or [""]
+            # a timeout says so on its first line; a cell's error ends with the exception line
+            error = f"{type(exc).__name__}: {lines[0] if isinstance(exc, CellTimeoutError) else lines[-1]}"
         wall = time.perf_counter() - start
         done.set()
         sampler.join()
