@@ -18,13 +18,13 @@ COURSE = sorted((REPO / "configs/course").glob("*.yaml"))
 
 
 def test_configs_exist():
-    assert {p.parent.name for p in CONFIGS} == {"smoke", "course", "paper"}
+    assert {p.parent.name for p in CONFIGS} == {"smoke", "course", "paper", "lessons"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_loads_and_names_its_run(path):
     cfg = config.load(path)
-    prefix = "smoke-" if path.parent.name == "smoke" else ""
+    prefix = {"smoke": "smoke-", "lessons": "lesson-"}.get(path.parent.name, "")
     assert cfg.name == prefix + path.stem
     if cfg.teacher is not None:
         # The teacher checkpoint is the best.pt of a teacher config of the same folder and model.

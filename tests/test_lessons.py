@@ -1,0 +1,132 @@
+"""The lesson helpers (selib.lessons): set-up, the course teacher or its stand-in, and the scratch/KD pair,
+with real small training runs on a tiny embedded corpus."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from selib import data, lessons, models, train
+from selib.config import load
+
+REPO = Path(__file__).resolve().parents[1]
+# Every run of this module: a few steps on half-second segments, scored with SI-SDR only.
+SMALL = {"data.train_limit": 4, "data.valid_limit": 1, "data.test_limit": 2, "data.batch_size": 2,
+         "data.segment_seconds": 0.5, "optim.epochs": 1, "eval.metrics": ["si_sdr"]}
+pytestmark = pytest.mark.xdist_group("lessons")
+
+
+@pytest.fixture(scope="module")
+def budget(tmp_path_factory):
+    """The overrides that shrink the lesson budgets onto a tiny corpus of this module's own."""
+    corpus = data.build_embedded(tmp_path_factory.mktemp("corpus") / "embedded", seed=0,
+                                 n_train=4, n_valid=1, n_test=2, workers=1)
+    return {**SMALL, "data.root": str(corpus)}
+
+
+@pytest.fixture(scope="module")
+def stand_in(budget, tmp_path_factory):
+    """course_teacher() without a shipped teacher: it trains the stand-in into runs_dir."""
+    root = tmp_path_factory.mktemp("stand-in")
+    cwd, printed = os.getcwd(), io.StringIO()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(printed):
+            model, checkpoint = lessons.course_teacher("dpdcrn", teachers_dir=root / "teachers",
+                                                       runs_dir=root / "runs", overrides=budget)
+    finally:
+        os.chdir(cwd)
+    return model, checkpoint, root, printed.getvalue()
+
+
+def test_setup_moves_to_the_repository_root(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    monkeypatch.delenv("SELIB_PROGRESS", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        assert lessons.setup(threads=1) == tmp_path.resolve()
+        assert Path.cwd() == tmp_path.resolve() and torch.get_num_threads() == 1
+        assert os.environ["SELIB_PROGRESS"] == "0"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_setup_outside_a_repository_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no pyproject.toml"):
+        lessons.setup()
+
+
+def test_missing_teacher_trains_a_stand_in_and_says_so(stand_in):
+    model, checkpoint, root, printed = stand_in
+    assert printed.startswith(f"NOTE: {root / 'teachers' / 'dpdcrn-tiny-teacher.pt'} is missing")
+    assert "(a stand-in for the course teacher)" in printed
+    assert checkpoint == root / "runs" / "dpdcrn-teacher" / "best.pt" and checkpoint.is_file()
+    assert (model.family, model.preset) == ("dpdcrn", "tiny-teacher")
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_shipped_teacher_is_loaded_as_it_is(stand_in, tmp_path, monkeypatch, capsys):
+    trained = stand_in[1]
+    shipped = tmp_path / "teachers" / "dpdcrn-tiny-teacher.pt"
+    shipped.parent.mkdir()
+    shutil.copy(trained, shipped)
+    monkeypatch.chdir(REPO)
+    model, checkpoint = lessons.course_teacher("dpdcrn", teachers_dir=tmp_path / "teachers",
+                                               runs_dir=tmp_path / "runs")
+    out = capsys.readouterr().out
+    assert checkpoint == shipped and "(the course teacher)" in out and "NOTE" not in out
+    assert not (tmp_path / "runs").exists()                       # nothing was trained
+    reference = models.build("dpdcrn", "tiny-teacher").eval()     # the weights, loaded independently
+    reference.load_state_dict(torch.load(shipped, map_location="cpu", weights_only=True)["model"])
+    noisy = torch.randn(1, 8000) * 0.05
+    with torch.no_grad():
+        assert torch.equal(model(noisy), reference(noisy))
+
+
+def test_a_family_without_teacher_or_budget_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(FileNotFoundError, match="make teachers"):
+        lessons.course_teacher("convtasnet", teachers_dir=tmp_path)
+
+
+def test_kd_student_needs_a_teacher(monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ValueError, match="needs teacher_checkpoint"):
+        lessons.student_config("dpdcrn", "dfkd")
+
+
+def test_scratch_and_kd_students_share_the_budget(stand_in, budget, tmp_path, monkeypatch):
+    teacher_checkpoint = stand_in[1]
+    monkeypatch.chdir(REPO)
+    runs = tmp_path / "runs"
+    results = lessons.train_scratch_and_kd("dpdcrn", "logits-sisnr", teacher_checkpoint, weight=0.5,
+                                           overrides=budget, runs_dir=runs)
+    scratch, kd = results["scratch"], results["kd"]
+    assert scratch["config"]["kd"]["method"] == "none" and scratch["config"]["teacher"] is None
+    assert kd["config"]["kd"] == {"method": "logits-sisnr", "weight": 0.5, "options": {}}
+    assert kd["config"]["teacher"]["checkpoint"] == str(teacher_checkpoint)
+    assert scratch["config"]["data"] == kd["config"]["data"] and scratch["config"]["optim"] == kd["config"]["optim"]
+    assert scratch["checkpoint"]["step"] == kd["checkpoint"]["step"] == 2
+    assert "train_kd" in kd["history"][-1] and "train_kd" not in scratch["history"][-1]
+
+    # The scratch student is exactly the Trainer's run of the lesson budget, trained independently.
+    reference = train.Trainer(load(REPO / "configs/lessons/dpdcrn-student.yaml",
+                                   {**budget, "name": "lesson-dpdcrn-scratch"}), tmp_path / "reference")
+    reference.fit()
+    mine = torch.load(runs / "dpdcrn-scratch" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    assert all(torch.equal(mine[k], v) for k, v in reference.student.state_dict().items())
+
+    # A second call reads the finished runs back: nothing is trained or tested again.
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/*") if p.suffix in (".pt", ".json", ".csv")}
+    again = lessons.train_scratch_and_kd("dpdcrn", "logits-sisnr", teacher_checkpoint, weight=0.5,
+                                         overrides=budget, runs_dir=runs)
+    assert again == results
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
