@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: setup quickstart test lab notebooks bench
+.PHONY: setup quickstart teachers test lab notebooks bench
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 quickstart: setup
 	$(BIN)/selib quickstart
+
+# The shipped course teachers: trains configs/teachers/*.yaml, writes teachers/<name>.pt and .json.
+teachers: setup
+	$(BIN)/selib teachers
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests

@@ -107,6 +107,18 @@ def cmd_report(args) -> None:
     print(Path(args.out, "report.md").read_text())
 
 
+def cmd_teachers(args) -> None:
+    from selib import teachers
+
+    configs = [Path(c) for c in args.configs] or sorted(teachers.CONFIGS.glob("*.yaml"))
+    if not configs:
+        raise FileNotFoundError(f"{teachers.CONFIGS}: no teacher configs (*.yaml); pass CONFIG paths.")
+    for config in configs:
+        record = teachers.ship(config, args.out, args.runs_root, _overrides(args.set))
+        print(f"{Path(args.out) / record['checkpoint']}: sha256 {record['sha256'][:16]}..., valid SI-SDR "
+              f"{record['valid']['si_sdr']:.3f} dB on {record['valid']['n_utterances']} utterances", flush=True)
+
+
 def cmd_profile(args) -> None:
     from selib import profile
 
@@ -174,10 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="compare finished runs",
-                       description="Table of mean ± std over seeds per config, from run folders only.")
+                       description="Table of mean ± std over seeds per config and, for each KD student, "
+                       "paired differences against the scratch student of the same seed with bootstrap "
+                       "intervals (overall and per test SNR), from run folders only.")
     p.add_argument("runs", nargs="+", metavar="RUNS", help="run folders, globs or a runs root")
-    p.add_argument("--out", default="runs", help="folder for report.md/csv/png (default %(default)s)")
+    p.add_argument("--out", default="runs", help="folder for report.md/csv/json/png (default %(default)s)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("teachers", help="train the shipped course teachers and record them",
+                       description="Train configs/teachers/*.yaml (or the CONFIGs given) and write "
+                       "<out>/<name>.pt with <out>/<name>.json (SHA-256, config, command, validation SI-SDR).")
+    p.add_argument("configs", nargs="*", metavar="CONFIG", help="teacher configs (default configs/teachers/*.yaml)")
+    p.add_argument("--out", default="teachers", help="folder for the checkpoints and records (default %(default)s)")
+    p.add_argument("--runs-root", default="runs/teachers", help="where the runs train (default %(default)s)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every teacher")
+    p.set_defaults(func=cmd_teachers)
 
     p = sub.add_parser("profile", help="parameters, MACs and real-time factor of every preset",
                        description="Profile every model preset on 1 s of audio.")

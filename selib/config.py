@@ -16,23 +16,29 @@ import yaml
 
 # Beyond the CONTRACTS.md schema: device; optim.step_size (epochs) and gamma for the step scheduler,
 # gamma (factor) and patience (epochs) for plateau (on validation SI-SDR); optim.checkpoint_every: steps
-# between last.pt saves (0: only at epoch ends); teacher.overrides (model constructor overrides).
+# between last.pt saves (0: only at epoch ends); teacher.overrides (model constructor overrides);
+# role (teacher | student, for reports; null: inferred); teacher.cache and teacher.cache_dir (the
+# teacher-output cache, selib.kd.cache); kd.balance, kd.balance_batches, kd.balance_ratio (lambda set
+# from gradient norms, docs/kd.md).
 DEFAULTS: dict[str, Any] = {
     "name": None,            # run name; None -> "<family>-<preset>-<kd method>"
+    "role": None,            # teacher | student; None -> inferred by selib.experiments.report
     "seed": 0,
     "device": "auto",        # auto (CUDA when available) | cpu | cuda
     "data": {"name": "embedded", "root": None, "segment_seconds": 2.0, "batch_size": 8,
              "num_workers": 0, "train_limit": None, "valid_limit": None, "test_limit": None},
     "model": {"family": "dccrn", "preset": "tiny-student", "overrides": {}},
     "teacher": None,
-    "kd": {"method": "none", "weight": 1.0, "options": {}},
+    "kd": {"method": "none", "weight": 1.0, "options": {}, "balance": "none", "balance_batches": 8,
+           "balance_ratio": 1.0},
     "loss": {"se": "sisnr"},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "epochs": 10, "max_steps": None,
               "grad_clip": 5.0, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 2,
               "amp": "auto", "checkpoint_every": 50},
     "eval": {"metrics": ["pesq_wb", "stoi", "si_sdr"], "workers": 2, "every_epochs": 1},
 }
-TEACHER_DEFAULTS: dict[str, Any] = {"family": None, "preset": None, "checkpoint": None, "overrides": {}}
+TEACHER_DEFAULTS: dict[str, Any] = {"family": None, "preset": None, "checkpoint": None, "overrides": {},
+                                    "cache": False, "cache_dir": None}
 # Free-form sections: passed as keyword arguments to the model / KD method, checked there.
 FREE_FORM = {"model.overrides", "teacher.overrides", "kd.options"}
 
@@ -40,6 +46,8 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step", "plateau")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+ROLES = ("teacher", "student")
+BALANCES = ("none", "grad")
 
 
 class ConfigError(ValueError):
@@ -181,6 +189,10 @@ def _string(optional: bool = False):
     return check
 
 
+def _boolean(value, cfg):
+    return None if isinstance(value, bool) else "must be true or false"
+
+
 def _mapping(value, cfg):
     return None if isinstance(value, dict) else "must be a mapping (key: value)"
 
@@ -222,6 +234,7 @@ def _kd_methods(cfg):
 
 RULES: dict[str, Callable[[Any, dict], str | None]] = {
     "name": _string(optional=True),
+    "role": _choice([*ROLES, None]),
     "seed": _number(int, 0),
     "device": _choice(DEVICES),
     "data.name": _choice(_datasets),
@@ -239,9 +252,14 @@ RULES: dict[str, Callable[[Any, dict], str | None]] = {
     "teacher.preset": _choice(_presets("teacher")),
     "teacher.checkpoint": _string(),
     "teacher.overrides": _mapping,
+    "teacher.cache": _boolean,
+    "teacher.cache_dir": _string(optional=True),
     "kd.method": _choice(_kd_methods),
     "kd.weight": _number(float, 0),
     "kd.options": _mapping,
+    "kd.balance": _choice(BALANCES),
+    "kd.balance_batches": _number(int, 1),
+    "kd.balance_ratio": _number(float, 0, strict=True),
     "loss.se": _choice(_se_losses),
     "optim.name": _choice(OPTIMIZERS),
     "optim.lr": _number(float, 0, strict=True),

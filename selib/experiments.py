@@ -5,7 +5,8 @@
 subprocess, into ``<runs_root>/<name>-s<seed>/``. A failed run leaves a ``FAILED`` file (the reason
 and the path of its log) next to its executed notebook, and the other runs go on; a run whose
 ``metrics.json`` exists is skipped, so an interrupted batch resumes where it stopped.
-:func:`report` groups the run folders by config name and tabulates mean ± std over seeds.
+:func:`report` groups the run folders by config name, tabulates mean ± std over seeds and pairs every
+KD student with the scratch student of the same seed, utterance by utterance, with bootstrap intervals.
 :func:`quickstart` is what ``make quickstart`` runs.
 """
 from __future__ import annotations
@@ -20,14 +21,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NOTEBOOK = REPO_ROOT / "notebooks" / "runs" / "train.ipynb"
 COURSE_CONFIGS = REPO_ROOT / "configs" / "course"
-# Rows of a report are ordered teacher, scratch student, logit baselines, DFKD, I2S-TFCKD.
-_ROLE_ORDER = ["teacher", "none", "logits-mse", "logits-sisnr", "logits-spec", "dfkd", "i2s-tfckd",
-               "dfkd+i2s-tfckd"]
 
 
 def _run_name(config_path: Path, overrides: dict) -> str:
@@ -180,50 +179,229 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
-def report(runs, out_dir: str | Path = "runs", metrics: list[str] | None = None) -> list[dict]:
-    """Comparison table from run folders only: one row per config name, with mean ± std over seeds
-    of each metric in ``metrics.json``, the student's parameter count, the KD method and the number
-    of seeds. Writes ``report.md``, ``report.csv`` and ``report.png`` to ``out_dir``; failed and
-    unfinished runs are listed separately. Returns the rows (dicts)."""
-    groups: dict[str, list] = {}
-    failed = []
+def _fmt_interval(mean: float, low: float, high: float, digits: int = 3) -> str:
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _read_runs(runs) -> tuple[list[dict], list[dict], dict[Path, object]]:
+    """(finished runs, failed or unfinished runs, every run's config) from run folders; a finished
+    run is ``{"dir", "config", "metrics"}``. Configs go through :func:`selib.config.load`."""
+    from selib.config import load
+
+    finished, failed, configs = [], [], {}
     for run_dir in _expand(runs):
-        config_file = run_dir / "config.yaml"
-        if not (run_dir / "metrics.json").is_file() or not config_file.is_file():
+        reason = None
+        if (run_dir / "config.yaml").is_file():
+            try:
+                configs[run_dir] = load(run_dir / "config.yaml")
+            except ValueError as err:
+                reason = f"config.yaml does not load: {err}"
+        if reason is None and run_dir in configs and (run_dir / "metrics.json").is_file():
+            finished.append({"dir": run_dir, "config": configs[run_dir],
+                             "metrics": json.loads((run_dir / "metrics.json").read_text())})
+            continue
+        if reason is None:
             reason = ((run_dir / "FAILED").read_text().splitlines()[0].removeprefix("reason: ")
                       if (run_dir / "FAILED").is_file() else "unfinished (no metrics.json)")
-            failed.append({"run_dir": str(run_dir), "reason": reason,
-                           "log": str(run_dir / "papermill.log")})
+        failed.append({"run_dir": str(run_dir), "reason": reason, "log": str(run_dir / "papermill.log")})
+    return finished, failed, configs
+
+
+def _teacher_dir(config) -> Path | None:
+    """The run folder holding a KD run's teacher checkpoint."""
+    return None if config.teacher is None else Path(config.teacher.checkpoint).parent
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """One run folder, by path, or by name when the folders were moved (same ``<name>-s<seed>``)."""
+    return a.resolve() == b.resolve() or a.name == b.name
+
+
+def run_roles(configs: dict[Path, object]) -> dict[Path, str]:
+    """``teacher``, ``scratch`` or ``kd`` for each run folder, read from the configs alone: a run with
+    a KD method is ``kd``; a run without one is a ``teacher`` when its config says ``role: teacher``
+    or, with no ``role``, when another run's ``teacher.checkpoint`` lies in its folder; otherwise it is
+    a ``scratch`` student. The runs of one config name (its seeds) share a role."""
+    pointed = [d for d in map(_teacher_dir, configs.values()) if d is not None]
+    teachers = {config.name for run_dir, config in configs.items() if config.kd.method == "none" and (
+        config.role == "teacher" or (config.role is None and any(_same_folder(run_dir, d) for d in pointed)))}
+    return {run_dir: "kd" if config.kd.method != "none" else "teacher" if config.name in teachers else "scratch"
+            for run_dir, config in configs.items()}
+
+
+def _scores(run_dir: Path) -> dict[str, dict[str, float]]:
+    """Per-utterance scores of a run's ``scores.csv``: metric -> {utterance id: value} (status ok only)."""
+    path = run_dir / "scores.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    metrics = [k for k in (rows[0] if rows else {}) if f"{k}_status" in rows[0]]
+    return {m: {r["id"]: float(r[m]) for r in rows if r[f"{m}_status"] == "ok"} for m in metrics}
+
+
+def _student_key(config) -> tuple:
+    """What makes two runs the same student: architecture and dataset."""
+    model = config.model
+    return (model.family, model.preset, json.dumps(model.overrides.to_dict(), sort_keys=True),
+            config.data.name)
+
+
+def _snr_of(config) -> dict[str, float]:
+    """Test SNR by utterance id for the embedded corpus (its manifest); empty for other datasets."""
+    from selib.data.embedded import snr_by_id
+
+    if config.data.name != "embedded":
+        return {}
+    try:
+        return snr_by_id(config.data.root or "data/embedded")
+    except (FileNotFoundError, KeyError, ValueError):
+        return {}
+
+
+def paired_statistics(finished: list[dict], roles: dict[Path, str], n_boot: int = 10_000,
+                      seed: int = 0) -> tuple[list[dict], list[str]]:
+    """Each KD student against the scratch student of the same seed, utterance by utterance.
+
+    For every KD config, metric and test SNR (``all`` first): the mean paired difference KD − scratch
+    with its bootstrap interval over seeds and utterances (:func:`selib.stats.paired_bootstrap`), and
+    the share of the teacher–scratch gap it closes with its interval. The scratch student is the run
+    without KD and without the teacher role that has the same seed, architecture and dataset; the
+    teacher is the run holding the KD run's ``teacher.checkpoint``. Utterances are those scored ``ok``
+    by every run compared. Returns the rows and notes on KD configs that could not be paired.
+    """
+    from selib.stats import paired_bootstrap
+
+    by_dir = {run["dir"]: run for run in finished}
+    kd_groups: dict[str, list[dict]] = {}
+    for run in finished:
+        if roles[run["dir"]] == "kd":
+            kd_groups.setdefault(run["config"].name, []).append(run)
+    rows, notes = [], []
+    for name, members in kd_groups.items():
+        triples = []
+        for run in sorted(members, key=lambda r: r["config"].seed):
+            cfg = run["config"]
+            scratch = [r for r in finished if roles[r["dir"]] == "scratch" and r["config"].seed == cfg.seed
+                       and _student_key(r["config"]) == _student_key(cfg)]
+            teacher = next((r for d, r in by_dir.items() if roles[d] == "teacher"
+                            and _same_folder(d, _teacher_dir(cfg))), None)
+            if scratch:
+                triples.append((run, scratch, teacher))
+        candidates = sorted({r["config"].name for _, scratch, _ in triples for r in scratch})
+        if len(candidates) != 1:
+            notes.append(f"{name}: {'several' if candidates else 'no'} scratch students with the same seeds, "
+                         f"model and data ({', '.join(candidates) or 'none'}); not paired. Keep one scratch "
+                         "config per student in a report.")
             continue
-        config = yaml.safe_load(config_file.read_text())
-        result = json.loads((run_dir / "metrics.json").read_text())
-        groups.setdefault(config["name"], []).append((result, config, _metric_means(result)))
+        rows += _paired_rows(name, [(k, s[0], t) for k, s, t in triples], paired_bootstrap, n_boot, seed)
+    return rows, notes
+
+
+def _paired_rows(name, triples, paired_bootstrap, n_boot, seed) -> list[dict]:
+    scores = [tuple(_scores(r["dir"]) if r is not None else None for r in triple) for triple in triples]
+    with_teacher = all(t is not None for *_, t in scores)
+    snr = _snr_of(triples[0][0]["config"])
+    rows = []
+    for metric in [m for m in scores[0][0] if all(m in k and m in s for k, s, _ in scores)]:
+        ids = set.intersection(*(set(k[metric]) & set(s[metric]) for k, s, _ in scores))
+        if with_teacher:
+            ids &= set.intersection(*(set(t.get(metric, {})) for *_, t in scores))
+        ids = sorted(ids)
+        if not ids:
+            continue
+        diff = np.array([[k[metric][u] - s[metric][u] for u in ids] for k, s, _ in scores])
+        gap = (np.array([[t[metric][u] - s[metric][u] for u in ids] for _, s, t in scores])
+               if with_teacher else None)
+        groups = [("all", np.arange(len(ids)))]
+        groups += [(value, np.array([i for i, u in enumerate(ids) if snr.get(u) == value]))
+                   for value in sorted({snr[u] for u in ids if u in snr})]
+        for label, cols in groups:
+            stats = paired_bootstrap(diff[:, cols], n_boot=n_boot, seed=seed)
+            row = {"name": name, "scratch": triples[0][1]["config"].name,
+                   "teacher": triples[0][2]["config"].name if with_teacher else None,
+                   "metric": metric, "snr_db": label, "n_seeds": stats["n_seeds"],
+                   "n_utterances": stats["n_utterances"], "diff_mean": stats["mean"],
+                   "diff_low": stats["low"], "diff_high": stats["high"],
+                   "gap_closed": math.nan, "gap_closed_low": math.nan, "gap_closed_high": math.nan}
+            if gap is not None:
+                share = paired_bootstrap(diff[:, cols], gap[:, cols], n_boot=n_boot, seed=seed)
+                row.update(gap_closed=share["mean"], gap_closed_low=share["low"], gap_closed_high=share["high"])
+            rows.append(row)
+    return rows
+
+
+# Columns of a KD row of report.csv (``<metric>_<column>``) and the paired row key they come from.
+_PAIRED_COLUMNS = {"diff": "diff_mean", "diff_low": "diff_low", "diff_high": "diff_high",
+                   "gap_closed": "gap_closed", "gap_closed_low": "gap_closed_low",
+                   "gap_closed_high": "gap_closed_high"}
+
+
+def report(runs, out_dir: str | Path = "runs", metrics: list[str] | None = None, n_boot: int = 10_000,
+           seed: int = 0) -> list[dict]:
+    """Comparison tables from run folders only (lesson ``11_results_and_deployment``).
+
+    One row per config name: mean ± std over seeds of each test metric in ``metrics.json``, the role
+    (:func:`run_roles`), the student's parameter count, the KD method and the number of seeds. KD rows
+    also hold ``<metric>_diff`` (mean paired difference against the scratch student of the same seed),
+    ``<metric>_diff_low``/``_high`` (its bootstrap 95 % interval over seeds and utterances) and
+    ``<metric>_gap_closed`` (+ ``_low``/``_high``), from :func:`paired_statistics`, which also gives the
+    per-SNR rows. Writes ``report.md``, ``report.csv`` (one row per config), ``report_paired.csv`` (one
+    row per KD config, metric and SNR), ``report.json`` (all of it) and ``report.png`` to ``out_dir``;
+    failed and unfinished runs are listed separately. Returns the rows of ``report.csv`` (dicts).
+    """
+    finished, failed, configs = _read_runs(runs)
+    roles = run_roles(configs)
+    groups: dict[str, list[dict]] = {}
+    for run in finished:
+        groups.setdefault(run["config"].name, []).append(run)
+    metric_names = metrics or list(dict.fromkeys(m for run in finished for m in _metric_means(run["metrics"])))
 
     table = []
     for name, members in groups.items():
-        result, config = members[0][:2]
-        method = config["kd"]["method"]
-        role = "teacher" if "teacher" in config["model"]["preset"] and method == "none" else method
-        row = {"name": name, "model": f"{config['model']['family']}/{config['model']['preset']}",
-               "role": role, "kd": method, "data": config["data"]["name"],
+        config, result = members[0]["config"], members[0]["metrics"]
+        row = {"name": name, "model": f"{config.model.family}/{config.model.preset}",
+               "role": roles[members[0]["dir"]], "kd": config.kd.method, "data": config.data.name,
                "params": result["model"]["params"], "seeds": len(members),
-               "train_seconds": _mean_std([m[0]["timing"]["train_seconds"] for m in members])[0]}
-        names = metrics or [k for k in members[0][2]]
-        for metric in names:
-            values = [m[2][metric] for m in members if metric in m[2]]
+               "train_seconds": _mean_std([m["metrics"]["timing"]["train_seconds"] for m in members])[0]}
+        for metric in metric_names:
+            values = [v[metric] for v in (_metric_means(m["metrics"]) for m in members) if metric in v]
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(values) if values else (math.nan,) * 2
         table.append(row)
-    table.sort(key=lambda r: (r["model"].split("/")[0],
-                              _ROLE_ORDER.index(r["role"]) if r["role"] in _ROLE_ORDER else 99, r["name"]))
+    methods = ["logits-mse", "logits-sisnr", "logits-spec", "dfkd", "i2s-tfckd", "dfkd+i2s-tfckd"]
+    table.sort(key=lambda r: (r["model"].split("/")[0], ["teacher", "scratch", "kd"].index(r["role"]),
+                              methods.index(r["kd"]) if r["kd"] in methods else -1, r["name"]))
+    paired, notes = paired_statistics(finished, roles, n_boot=n_boot, seed=seed)
+    for row in table:
+        for p in (p for p in paired if p["name"] == row["name"] and p["snr_db"] == "all"):
+            row.update({f"{p['metric']}_{column}": p[key] for column, key in _PAIRED_COLUMNS.items()})
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metric_names = list(dict.fromkeys(k[:-5] for r in table for k in r if k.endswith("_mean")))
     _write_csv(table, out_dir / "report.csv")
-    _write_markdown(table, failed, metric_names, out_dir / "report.md")
+    _write_csv(paired, out_dir / "report_paired.csv")
+    bootstrap = {"scheme": "seeds and utterances resampled independently with replacement (crossed)",
+                 "n_boot": n_boot, "seed": seed, "confidence": 0.95, "interval": "percentile"}
+    (out_dir / "report.json").write_text(json.dumps(
+        _json_safe({"runs": table, "paired": paired, "notes": notes, "failed": failed, "bootstrap": bootstrap}),
+        indent=1))
+    _write_markdown(table, paired, notes, failed, metric_names, out_dir / "report.md", n_boot)
     if table:
         _write_chart(table, metric_names, out_dir / "report.png")
     return table
+
+
+def _json_safe(value):
+    """NaN and infinities as null, so that report.json is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _write_csv(table: list[dict], path: Path) -> None:
@@ -234,18 +412,56 @@ def _write_csv(table: list[dict], path: Path) -> None:
         writer.writerows(table)
 
 
-def _write_markdown(table, failed, metric_names, path: Path) -> None:
+def _write_markdown(table, paired, notes, failed, metric_names, path: Path, n_boot: int) -> None:
     lines = ["# Results", ""]
     if any(r["data"] == "embedded" for r in table):
         lines += ["Embedded corpus rows are synthetic TTS results: compare them with each other only, "
                   "never with published VoiceBank+DEMAND or DNS2020 numbers.", ""]
-    header = ["run", "model", "KD", "params", "seeds", "train s"] + metric_names
+    header = ["run", "role", "model", "KD", "params", "seeds", "train s"] + metric_names
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table:
-        cells = [r["name"], r["model"], r["kd"], f"{r['params']:,}", str(r["seeds"]), f"{r['train_seconds']:.0f}"]
+        cells = [r["name"], r["role"], r["model"], r["kd"], f"{r['params']:,}", str(r["seeds"]),
+                 f"{r['train_seconds']:.0f}"]
         cells += [_fmt(r.get(f"{m}_mean", math.nan), r.get(f"{m}_std", math.nan)) for m in metric_names]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Values are mean ± sample standard deviation over seeds of each run's test-set mean."]
+    overall = [p for p in paired if p["snr_db"] == "all"]
+    if overall:
+        names = list(dict.fromkeys(p["name"] for p in overall))
+        shown = [m for m in metric_names if any(p["metric"] == m for p in overall)]
+        lines += ["", "## KD students against the scratch student of the same seed (test split)", ""]
+        header = ["run", "scratch", "seeds × utterances"] + [f"Δ {m}" for m in shown] + \
+                 [f"gap closed ({m})" for m in shown]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name in names:
+            rows = {p["metric"]: p for p in overall if p["name"] == name}
+            first = next(iter(rows.values()))
+            cells = [name, first["scratch"], f"{first['n_seeds']} × {first['n_utterances']}"]
+            cells += [_fmt_interval(*(rows[m][k] for k in ("diff_mean", "diff_low", "diff_high")))
+                      if m in rows else "—" for m in shown]
+            cells += [_fmt_interval(*(rows[m][k] for k in ("gap_closed", "gap_closed_low", "gap_closed_high")), 2)
+                      if m in rows else "—" for m in shown]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"Δ: mean over seeds and utterances of (KD student − scratch student of the same seed) on "
+                  f"each test utterance, with the 95 % percentile interval of {n_boot} bootstrap replicates that "
+                  "resample seeds and utterances independently (selib.stats.paired_bootstrap). Gap closed: "
+                  "Δ divided by the teacher − scratch difference over the same draws (1 = the teacher's score, "
+                  "— without a teacher run). An interval that excludes 0 is a difference these seeds and "
+                  "utterances support."]
+        for metric in shown:
+            by_snr = [p for p in paired if p["metric"] == metric and p["snr_db"] != "all"]
+            snrs = sorted({p["snr_db"] for p in by_snr})
+            if not snrs:
+                continue
+            lines += ["", f"### Δ {metric} by test SNR", "",
+                      "| run | " + " | ".join(f"{s:g} dB" for s in snrs) + " |", "|" + "---|" * (len(snrs) + 1)]
+            for name in names:
+                cells = {p["snr_db"]: p for p in by_snr if p["name"] == name}
+                lines.append("| " + " | ".join([name] + [
+                    _fmt_interval(cells[s]["diff_mean"], cells[s]["diff_low"], cells[s]["diff_high"])
+                    if s in cells else "—" for s in snrs]) + " |")
+    if notes:
+        lines += ["", "## Not paired", ""] + [f"- {n}" for n in notes]
     if failed:
         lines += ["", "## Failed or unfinished runs", ""]
         lines += [f"- `{f['run_dir']}`: {f['reason']} (log: `{f['log']}`)" for f in failed]
@@ -257,10 +473,16 @@ def _write_chart(table, metric_names, path: Path) -> None:
 
     from selib import plots
 
-    fig = Figure(figsize=(4.5 * len(metric_names), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(metric_names), squeeze=False)
+    paired = [m for m in metric_names if any(math.isfinite(r.get(f"{m}_diff", math.nan)) for r in table)]
+    fig = Figure(figsize=(4.5 * len(metric_names), 3.8 * (1 + bool(paired))), layout="constrained")
+    axes = fig.subplots(1 + bool(paired), len(metric_names), squeeze=False)
     for ax, metric in zip(axes[0], metric_names):
         plots.result_chart(table, metric, ax=ax)
+    for ax, metric in zip(axes[1] if paired else [], metric_names):
+        if metric in paired:
+            plots.result_chart(table, metric, ax=ax, paired=True)
+        else:
+            ax.set_axis_off()
     fig.savefig(path, dpi=110)
 
 

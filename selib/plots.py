@@ -126,26 +126,39 @@ def training_curves(history, keys=None, x: str = "epoch", ax=None, title: str | 
     return ax
 
 
-def result_chart(table, metric: str, ax=None, label: str = "name"):
-    """Bar chart of one metric over runs, with the spread over seeds as error bars (lesson
-    ``11_results_and_deployment``). ``table`` is the list of rows :func:`selib.experiments.report`
-    returns (keys ``<metric>_mean`` and ``<metric>_std``)."""
-    rows = [r for r in table if np.isfinite(r.get(f"{metric}_mean", np.nan))]
+def result_chart(table, metric: str, ax=None, label: str = "name", paired: bool = False):
+    """Bar chart of one metric over runs (lesson ``11_results_and_deployment``). ``table`` is the list
+    of rows :func:`selib.experiments.report` returns.
+
+    By default the bars are each run's mean over seeds (``<metric>_mean``) with the spread over seeds
+    (``<metric>_std``) as error bars. With ``paired`` they are the KD students' mean paired difference
+    against the scratch student of the same seed (``<metric>_diff``) with its bootstrap 95 % interval
+    (``<metric>_diff_low``/``_high``) as error bars: a bar whose interval crosses 0 shows no difference.
+    """
+    key = f"{metric}_diff" if paired else f"{metric}_mean"
+    rows = [r for r in table if np.isfinite(r.get(key, np.nan))]
     if not rows:
-        raise ValueError(f"result_chart: no row of the table has a value for {metric!r}.")
+        raise ValueError(f"result_chart: no row of the table has a value for {key!r}.")
     ax = _axes(ax, figsize=(max(4, 0.7 * len(rows) + 1), 3))
-    means = np.array([r[f"{metric}_mean"] for r in rows])
-    stds = np.nan_to_num(np.array([r.get(f"{metric}_std", 0.0) for r in rows]))
-    # Differences between runs are small next to the values: bars start at the lower edge of a
-    # zoomed axis (never at a baseline off-screen), and error bars show the spread over seeds.
-    pad = max(0.15 * np.ptp(means), 1.5 * stds.max(), 0.02 * np.abs(means).max(), 1e-3)
-    bottom = (means - stds).min() - pad
-    colours = ["0.35" if r.get("role") == "teacher" else "tab:blue" for r in rows]
-    ax.bar(range(len(rows)), means - bottom, bottom=bottom, yerr=stds, capsize=3, color=colours)
+    means = np.array([r[key] for r in rows])
+    if paired:
+        low = means - np.array([r[f"{metric}_diff_low"] for r in rows])
+        high = np.array([r[f"{metric}_diff_high"] for r in rows]) - means
+        ax.bar(range(len(rows)), means, yerr=np.stack([low, high]), capsize=3, color="tab:green")
+        ax.axhline(0.0, color="0.3", lw=0.8)
+        ax.set(ylabel=f"Δ {metric} vs scratch", title=f"{metric}: paired difference, 95 % interval")
+    else:
+        stds = np.nan_to_num(np.array([r.get(f"{metric}_std", 0.0) for r in rows]))
+        # Differences between runs are small next to the values: bars start at the lower edge of a
+        # zoomed axis (never at a baseline off-screen), and error bars show the spread over seeds.
+        pad = max(0.15 * np.ptp(means), 1.5 * stds.max(), 0.02 * np.abs(means).max(), 1e-3)
+        bottom = (means - stds).min() - pad
+        colours = ["0.35" if r.get("role") == "teacher" else "tab:blue" for r in rows]
+        ax.bar(range(len(rows)), means - bottom, bottom=bottom, yerr=stds, capsize=3, color=colours)
+        ax.set_ylim(bottom, (means + stds).max() + pad)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set(ylabel=metric, title=metric)
     ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=40, ha="right", fontsize=8)
-    ax.set_ylim(bottom, (means + stds).max() + pad)
-    ax.ticklabel_format(axis="y", useOffset=False)
-    ax.set(ylabel=metric, title=metric)
     ax.grid(axis="y", alpha=0.3)
     return ax
 

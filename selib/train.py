@@ -16,6 +16,7 @@ Only rank 0 writes files. Command line::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -101,6 +103,21 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(py_state), py_gauss))
 
 
+@torch.no_grad()
+def si_sdr_total(model: nn.Module, dataset: Dataset, indices, device: torch.device) -> torch.Tensor:
+    """``[sum of SI-SDR (dB), count]`` (float64) of ``model`` on the whole utterances ``indices`` of
+    ``dataset``: the validation score of :meth:`Trainer.validate` and of shipped teachers."""
+    from selib.metrics import si_sdr_torch
+
+    total = torch.zeros(2, dtype=torch.float64)
+    for i in indices:
+        item = dataset[i]
+        est = model(item["noisy"].to(device)[None])
+        total += torch.tensor([float(si_sdr_torch(est.float(), item["clean"].to(device)[None])[0]), 1.0],
+                              dtype=torch.float64)
+    return total
+
+
 class _Objective(nn.Module):
     """Student and distiller as one module, so that DDP averages the gradients of both."""
 
@@ -109,13 +126,14 @@ class _Objective(nn.Module):
         self.student, self.distiller = student, distiller
 
     def forward(self, noisy, clean, teacher_out=None, teacher_features=None):
+        """``(L_SE, KD or None, parts)`` of the distiller (see :meth:`selib.kd.Distiller.split`)."""
         student_features = None
         if self.distiller.needs_features:
             out, student_features = self.student(noisy, return_features=True)
         else:
             out = self.student(noisy)
-        return self.distiller(out, clean, noisy, teacher_out=teacher_out,
-                              student_features=student_features, teacher_features=teacher_features)
+        return self.distiller.split(out, clean, noisy, teacher_out=teacher_out,
+                                    student_features=student_features, teacher_features=teacher_features)
 
 
 def _init_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -155,7 +173,8 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # Keys a resumed run may change (longer schedules, evaluation settings, where the data lives, workers).
 RESUMABLE_CHANGES = ("optim.epochs", "optim.max_steps", "optim.checkpoint_every", "data.root",
-                     "data.num_workers", "data.test_limit", "eval.", "device")
+                     "data.num_workers", "data.test_limit", "eval.", "device", "teacher.cache",
+                     "role")
 
 
 class Trainer:
@@ -165,6 +184,16 @@ class Trainer:
     ``best.pt`` and writes ``metrics.json`` and ``scores.csv``. ``datasets`` may map ``train``,
     ``valid`` and/or ``test`` to your own datasets (items ``{"id", "noisy", "clean"}``) instead of
     ``selib.data.get_dataset``.
+
+    With ``teacher.cache: true`` the teacher's outputs for output-level KD come from
+    :class:`selib.kd.TeacherCache` in ``teacher.cache_dir`` (default ``<run_dir>/../.teacher-cache``,
+    shared by the runs of one runs root); the weights end bit-identical to a run without it.
+    ``kd.balance: grad`` sets the KD weight before the first step to ``kd.balance_ratio`` times the
+    ratio of the SE to the KD gradient norm (student parameters, mean over the first
+    ``kd.balance_batches`` batches of epoch 0, no update), stores it in the checkpoints and logs it.
+    On the first batch of every epoch the history records ``grad_se_norm``, ``grad_kd_norm`` (of the
+    unweighted KD term) and ``grad_ratio`` = ``kd_weight * grad_kd_norm / grad_se_norm`` (two extra
+    backward passes per epoch). Lesson ``07_logit_kd``.
     """
 
     def __init__(self, config: Config | Mapping | str | Path, run_dir: str | Path,
@@ -208,12 +237,13 @@ class Trainer:
         self.scheduler = self._scheduler()
         self.amp_dtype = _amp_dtype(cfg.optim.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.teacher_cache = self._teacher_cache()
 
         self.epoch = self.batch = self.step = 0
         self.best = -math.inf
         self.history: list[dict[str, Any]] = []
         self.running = self._new_running()
-        self.objective = _Objective(self.student, self.distiller)
+        self.objective = self.local_objective = _Objective(self.student, self.distiller)
         self._resume()
         if self.rank == 0:
             cfg.dump(self.run_dir / "config.yaml")
@@ -252,6 +282,18 @@ class Trainer:
         teacher.requires_grad_(False)
         return teacher.to(self.device).eval()
 
+    def _teacher_cache(self) -> kd.TeacherCache | None:
+        """The teacher-output cache of ``teacher.cache`` (output-level KD only: features are not cached)."""
+        spec = self.cfg.teacher
+        if spec is None or not spec.cache:
+            return None
+        if self.distiller.needs_features:
+            self._log(f"teacher.cache: off for {self.cfg.kd.method}, which distils features (only outputs "
+                      "are cached)")
+            return None
+        root = Path(spec.cache_dir) if spec.cache_dir else self.run_dir.parent / ".teacher-cache"
+        return kd.TeacherCache(spec.checkpoint, root, self.device, self.amp_dtype)
+
     def _scheduler(self):
         o = self.cfg.optim
         if o.scheduler == "cosine":
@@ -266,7 +308,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _new_running(self) -> dict[str, Any]:
         return {"n": 0, "sums": {}, "split_hist": torch.zeros(int(8000 / SPLIT_BIN_HZ) + 1, dtype=torch.long),
-                "seconds": 0.0}
+                "seconds": 0.0, "grad_norms": None}
 
     def _state(self) -> dict[str, Any]:
         rng = rng_state()
@@ -281,7 +323,7 @@ class Trainer:
                 "kd": self.distiller.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng,
                 "epoch": self.epoch, "batch": self.batch, "step": self.step, "best": self.best,
                 "history": self.history, "running": self.running, "world_size": self.world,
-                "config": self.cfg.to_dict()}
+                "kd_weight": self.distiller.weight, "config": self.cfg.to_dict()}
 
     def save(self, name: str = "last.pt") -> Path:
         """Write a checkpoint atomically (rank 0; every rank must call it under DDP)."""
@@ -323,6 +365,7 @@ class Trainer:
         set_rng_state(rng[self.rank] if len(rng) == self.world else rng[0])
         for key in ("epoch", "batch", "step", "best", "history", "running"):
             setattr(self, key, state[key])
+        self.distiller.weight = float(state.get("kd_weight", self.distiller.weight))
         self._log(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
 
     # ------------------------------------------------------------------ training
@@ -334,6 +377,8 @@ class Trainer:
         self._log(f"training {self.cfg.name}: {self.cfg.model.family} {self.cfg.model.preset} "
                   f"({self.student.n_params:,} parameters), kd {self.cfg.kd.method}, {self.n_batches} "
                   f"batches of {self.cfg.data.batch_size} per epoch, {self.world} process(es), {self.device}")
+        if self.cfg.kd.balance == "grad" and self.teacher is not None and self.step == 0 and self.batch == 0:
+            self.distiller.weight = self.balance_weight()
         try:
             while not self._finished() or self.batch > 0:     # batch > 0: an epoch left open by a kill
                 if self.step < self.total_steps:
@@ -342,18 +387,25 @@ class Trainer:
         except TrainingDiverged as err:
             self._log(f"stopped: {err}")
             raise
+        if self.teacher_cache is not None:
+            cache = self.teacher_cache
+            self._log(f"teacher cache {cache.folder}: {cache.hits} of {cache.hits + cache.misses} batches "
+                      "served from disk")
         if self.world > 1:
             dist.barrier()
         return self.history
 
-    def _train_epoch(self) -> None:
+    def _loader(self, epoch: int, start: int = 0) -> DataLoader:
+        """The training batches of ``epoch`` from global batch ``start`` on (this rank's slices)."""
         if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(self.epoch)
-        sampler = EpochBatches(len(self.train_set), self.cfg.data.batch_size, self.cfg.seed, self.epoch,
-                               self.rank, self.world, start=self.batch)
-        loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
-                            generator=epoch_generator(self.cfg.seed, self.epoch),
-                            pin_memory=self.device.type == "cuda")
+            self.train_set.set_epoch(epoch)
+        sampler = EpochBatches(len(self.train_set), self.cfg.data.batch_size, self.cfg.seed, epoch,
+                               self.rank, self.world, start=start)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
+                          generator=epoch_generator(self.cfg.seed, epoch), pin_memory=self.device.type == "cuda")
+
+    def _train_epoch(self) -> None:
+        loader = self._loader(self.epoch, start=self.batch)
         from tqdm.auto import tqdm
         bar = tqdm(total=self.n_batches, initial=self.batch, disable=not self.progress, leave=False,
                    desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", unit="batch")
@@ -375,21 +427,71 @@ class Trainer:
         bar.close()
         self.running["seconds"] += time.perf_counter() - started
 
+    def _autocast(self):
+        return (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                else nullcontext())
+
+    @torch.no_grad()
+    def _teacher_outputs(self, noisy: torch.Tensor) -> tuple[torch.Tensor | None, dict | None]:
+        """The frozen teacher's output (from the cache when there is one) and, for feature KD, features."""
+        if self.teacher is None:
+            return None, None
+        if self.distiller.needs_features:
+            return self.teacher(noisy, return_features=True)
+        if self.teacher_cache is not None:
+            return self.teacher_cache(self.teacher, noisy), None
+        return self.teacher(noisy), None
+
+    def _grad_norms(self, se: torch.Tensor, kd_loss: torch.Tensor) -> list[float]:
+        """L2 norms of the gradients of ``L_SE`` and of the unweighted ``KD`` w.r.t. the student's
+        parameters; the graph is kept for the training backward."""
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        norms = []
+        for loss in (se, kd_loss):
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            norms.append(float(torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None]))))
+        return norms
+
+    def balance_weight(self) -> float:
+        """``kd.balance: grad``: ``kd.balance_ratio * mean ||grad L_SE|| / mean ||grad KD||`` over the
+        first ``kd.balance_batches`` batches of epoch 0, measured on the initial weights; the student,
+        the distiller and the random states are left as they were."""
+        kd_cfg = self.cfg.kd
+        saved = [copy.deepcopy(m.state_dict()) for m in (self.student, self.distiller)]
+        rng = rng_state()
+        self._set_train(True)
+        sums = torch.zeros(3, dtype=torch.float64)
+        for batch in islice(self._loader(0), kd_cfg.balance_batches):
+            noisy, clean = batch["noisy"].to(self.device), batch["clean"].to(self.device)
+            with self._autocast():
+                teacher_out, teacher_features = self._teacher_outputs(noisy)
+                se, kd_loss, _ = self.local_objective(noisy, clean, teacher_out, teacher_features)
+            sums += torch.tensor([*self._grad_norms(se, kd_loss), 1.0], dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(sums)
+        for module, state in zip((self.student, self.distiller), saved):
+            module.load_state_dict(state)
+        set_rng_state(rng)
+        se_norm, kd_norm = float(sums[0] / sums[2]), float(sums[1] / sums[2])
+        if not kd_norm > 0:
+            raise ConfigError(f"kd.balance = grad: the KD term of {kd_cfg.method!r} has no gradient on the "
+                              f"first {kd_cfg.balance_batches} batches; set kd.balance: none and pick kd.weight.")
+        weight = kd_cfg.balance_ratio * se_norm / kd_norm
+        self._log(f"kd.balance: grad over {int(sums[2])} batches: |grad SE| {se_norm:.4g}, |grad KD| "
+                  f"{kd_norm:.4g} -> kd weight {weight:.4g} (ratio {kd_cfg.balance_ratio:g})")
+        return weight
+
     def _train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
         noisy = batch["noisy"].to(self.device, non_blocking=True)
         clean = batch["clean"].to(self.device, non_blocking=True)
-        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
-                    else nullcontext())
-        with autocast:
-            teacher_out = teacher_features = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    if self.distiller.needs_features:
-                        teacher_out, teacher_features = self.teacher(noisy, return_features=True)
-                    else:
-                        teacher_out = self.teacher(noisy)
-            loss, parts = self.objective(noisy, clean, teacher_out, teacher_features)
+        with self._autocast():
+            teacher_out, teacher_features = self._teacher_outputs(noisy)
+            se, kd_loss, parts = self.objective(noisy, clean, teacher_out, teacher_features)
+            loss = self.distiller.combine(se, kd_loss)
         self._check_finite(loss)
+        if kd_loss is not None and self.batch == 0:
+            self.running["grad_norms"] = self._grad_norms(se, kd_loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip is not None:
@@ -465,6 +567,12 @@ class Trainer:
             dist.all_reduce(stats)
             dist.all_reduce(hist)
         out = {f"train_{k}": float(v / max(stats[0], 1)) for k, v in zip(names, stats[1:])}
+        if self.teacher is not None:
+            out["kd_weight"] = self.distiller.weight
+        if running.get("grad_norms") is not None:
+            se_norm, kd_norm = running["grad_norms"]
+            out.update(grad_se_norm=se_norm, grad_kd_norm=kd_norm,
+                       grad_ratio=self.distiller.weight * kd_norm / se_norm if se_norm > 0 else math.inf)
         if hist.sum() > 0:
             cdf = hist.cumsum(0).double() / hist.sum()
             for q in (0.1, 0.5, 0.9):
@@ -475,15 +583,9 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float:
         """Mean SI-SDR (dB) of the student on the whole validation utterances (shared over ranks)."""
-        from selib.metrics import si_sdr_torch
         valid = self._dataset("valid")
         self._set_train(False)
-        total = torch.zeros(2, dtype=torch.float64)
-        for i in range(self.rank, len(valid), self.world):
-            item = valid[i]
-            est = self.student(item["noisy"].to(self.device)[None])
-            total += torch.tensor([float(si_sdr_torch(est.float(), item["clean"].to(self.device)[None])[0]), 1.0],
-                                  dtype=torch.float64)
+        total = si_sdr_total(self.student, valid, range(self.rank, len(valid), self.world), self.device)
         if self.world > 1:
             dist.all_reduce(total)
         self._set_train(True)

@@ -93,6 +93,12 @@ def load_manifest(root: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def snr_by_id(root: str | Path, split: str = "test") -> dict[str, float]:
+    """The mixing SNR (dB) of every item of ``split``, by item id (the per-SNR rows of
+    ``selib.experiments.report``)."""
+    return {item["id"]: float(item["snr_db"]) for item in load_manifest(root)["splits"][split]}
+
+
 def _is_built(root: Path, params: dict) -> bool:
     path = root / "manifest.json"
     if not path.is_file():

@@ -17,6 +17,7 @@ from torch import nn
 
 from selib import losses
 from selib.kd.adapter import RULES, FrequencyAdapter
+from selib.kd.cache import TeacherCache
 from selib.kd.dfkd import DFKDLoss, cosine_distance
 from selib.kd.logits import LogitKD
 from selib.kd.tfc import I2STFCKD, ResidualFusion, TFCalibration, from_models, jeffreys, relation_freq, \
@@ -31,12 +32,13 @@ def _names(cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(n for n in params if n not in ("self", *skip))
 
 
-_STFT_OPTIONS = _names(LogitKD, skip=("kind",))
+_STFT_OPTIONS = _names(LogitKD, skip=("kind", "normalise", "eps"))
 _DFKD_OPTIONS = _names(DFKDLoss)
 _I2S_OPTIONS = _names(I2STFCKD, skip=("student_shapes", "teacher_shapes", "batch_size", "segment_samples"))
 OPTIONS = {
-    "none": (), "logits-mse": (), "logits-sisnr": (), "logits-spec": _STFT_OPTIONS, "dfkd": _DFKD_OPTIONS,
-    "i2s-tfckd": _I2S_OPTIONS, "dfkd+i2s-tfckd": ("dfkd_weight", "i2s_weight", *_DFKD_OPTIONS, *_I2S_OPTIONS),
+    "none": (), "logits-mse": ("normalise",), "logits-sisnr": (), "logits-spec": _STFT_OPTIONS,
+    "dfkd": _DFKD_OPTIONS, "i2s-tfckd": _I2S_OPTIONS,
+    "dfkd+i2s-tfckd": ("dfkd_weight", "i2s_weight", *_DFKD_OPTIONS, *_I2S_OPTIONS),
 }
 
 
@@ -75,10 +77,22 @@ class Distiller(nn.Module):
     def forward(self, student_out: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor | None = None,
                 teacher_out: torch.Tensor | None = None, student_features: dict | None = None,
                 teacher_features: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        se, kd, parts = self.split(student_out, clean, noisy, teacher_out, student_features, teacher_features)
+        return self.combine(se, kd), parts
+
+    def combine(self, se: torch.Tensor, kd: torch.Tensor | None) -> torch.Tensor:
+        """The training loss ``L_SE + weight * KD`` from the two parts :meth:`split` returns."""
+        return se if kd is None else se + self.weight * kd
+
+    def split(self, student_out: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor | None = None,
+              teacher_out: torch.Tensor | None = None, student_features: dict | None = None,
+              teacher_features: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """``(L_SE, KD or None, parts)``: the loss before weighting, so that a trainer can measure the
+        gradient of each part (``kd.balance``, the logged gradient ratio)."""
         se = self.se_loss(student_out, clean)
         parts = {"se": float(se.detach())}
         if not self.terms:
-            return se, parts
+            return se, None, parts
         if teacher_out is None:
             raise ValueError(f"KD method {self.method!r} needs teacher_out (the frozen teacher's output)")
         teacher_out = teacher_out.detach().float()
@@ -93,7 +107,7 @@ class Distiller(nn.Module):
                 if len(self.terms) > 1:
                     parts[name] = float(value.detach())
         parts["kd"] = float(kd.detach())
-        return se + self.weight * kd, parts
+        return se, kd, parts
 
 
 def build(method: str, student: nn.Module | None = None, teacher: nn.Module | None = None,
@@ -138,5 +152,5 @@ def build(method: str, student: nn.Module | None = None, teacher: nn.Module | No
 
 
 __all__ = ["METHODS", "OPTIONS", "RULES", "Distiller", "DFKDLoss", "FrequencyAdapter", "I2STFCKD", "LogitKD",
-           "ResidualFusion", "TFCalibration", "build", "cosine_distance", "from_models", "jeffreys",
-           "relation_freq", "relation_time"]
+           "ResidualFusion", "TeacherCache", "TFCalibration", "build", "cosine_distance", "from_models",
+           "jeffreys", "relation_freq", "relation_time"]
