@@ -128,7 +128,7 @@ def cmd_profile(args) -> None:
 def cmd_quickstart(args) -> None:
     from selib import experiments
 
-    experiments.quickstart(args.runs_root, args.seeds, args.data_root)
+    experiments.quickstart(args.runs_root, args.seeds, args.data_root, results=args.results)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,11 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("quickstart", help="the course comparison on the embedded corpus",
-                       description="Build the embedded corpus, train the configs/course runs for each "
-                       "seed (teachers first) and write <runs-root>/report.md.")
+                       description="Build the embedded corpus, score the shipped course teachers (teachers/; "
+                       "trained first when missing), train the configs/course students for each seed and "
+                       "write <runs-root>/report.md.")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs-root", default="runs")
     p.add_argument("--data-root", default="data/embedded")
+    p.add_argument("--results", help="also copy the report files here (make quickstart: "
+                   "benchmarks/results/quickstart)")
     p.set_defaults(func=cmd_quickstart)
     return parser
 

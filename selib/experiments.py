@@ -219,6 +219,14 @@ def _same_folder(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve() or a.name == b.name
 
 
+def _teaches(run_dir: Path, config, kd_config) -> bool:
+    """Whether the teacher run ``run_dir`` is the teacher of a KD run: its folder holds the KD run's
+    ``teacher.checkpoint``, or that checkpoint is a shipped teacher named after it (``teachers/<name>.pt``,
+    which :func:`quickstart` evaluates into ``<name>-s0``)."""
+    checkpoint = Path(kd_config.teacher.checkpoint)
+    return _same_folder(run_dir, checkpoint.parent) or checkpoint.stem == config.name
+
+
 def run_roles(configs: dict[Path, object]) -> dict[Path, str]:
     """``teacher``, ``scratch`` or ``kd`` for each run folder, read from the configs alone: a run with
     a KD method is ``kd``; a run without one is a ``teacher`` when its config says ``role: teacher``
@@ -287,7 +295,7 @@ def paired_statistics(finished: list[dict], roles: dict[Path, str], n_boot: int 
             scratch = [r for r in finished if roles[r["dir"]] == "scratch" and r["config"].seed == cfg.seed
                        and _student_key(r["config"]) == _student_key(cfg)]
             teacher = next((r for d, r in by_dir.items() if roles[d] == "teacher"
-                            and _same_folder(d, _teacher_dir(cfg))), None)
+                            and _teaches(d, r["config"], cfg)), None)
             if scratch:
                 triples.append((run, scratch, teacher))
         candidates = sorted({r["config"].name for _, scratch, _ in triples for r in scratch})
@@ -487,45 +495,65 @@ def _write_chart(table, metric_names, path: Path) -> None:
 
 
 def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str | Path = "data/embedded",
-               configs_dir: str | Path = COURSE_CONFIGS) -> list[dict]:
-    """Build the embedded corpus, train every course config for each seed (runs without a teacher
-    first), then print and write the report to ``<runs_root>/report.md``.
+               configs_dir: str | Path = COURSE_CONFIGS, results: str | Path | None = None) -> list[dict]:
+    """What ``make quickstart`` runs: build the embedded corpus, score the course teachers, train every
+    course student config for each seed, then print and write the report to ``<runs_root>/report.md``
+    (and copy the ``report*`` files to ``results``, e.g. ``benchmarks/results/quickstart``).
 
-    The runs train one after another in this process, into the same run folders ``selib run``
-    writes (without the executed notebook): a papermill kernel per run would add about 8 s and a
-    second process's memory to each of the 27 runs. A failed run leaves a ``FAILED`` file and the
-    others go on; finished runs are skipped, so an interrupted quick start resumes.
+    The students' teachers are shipped checkpoints (``teacher.checkpoint: teachers/<name>.pt`` with its
+    record ``<name>.json``; :mod:`selib.teachers`); a missing one is trained first from
+    ``configs/teachers/<name>.yaml``. Each teacher is scored on the test split, with the config of its
+    record, into ``<name>-s0``: the run folder the report takes as the teacher row. The runs train one after another in this process,
+    into the same run folders ``selib run`` writes (without the executed notebook): a papermill kernel
+    per run would add seconds and a second process's memory to each run. A failed run leaves a
+    ``FAILED`` file and the others go on; finished runs are skipped, so an interrupted quick start
+    resumes.
     """
-    import traceback
+    import shutil
 
-    from selib import data, train
+    from selib import data, teachers, train
     from selib.config import load
 
-    runs_root = Path(runs_root)
+    runs_root, data_override = Path(runs_root), {"data.root": str(data_root)}
     print(f"corpus: {data.build_embedded(data_root)}", flush=True)
     configs = sorted(Path(configs_dir).glob("*.yaml"))
     if not configs:
         raise FileNotFoundError(f"{configs_dir}: no course configs (*.yaml) found.")
-    teachers = [c for c in configs if yaml.safe_load(c.read_text()).get("teacher") is None]
-    for config_path in teachers + [c for c in configs if c not in teachers]:
-        overrides = {**_teacher_override(config_path, runs_root), "data.root": str(data_root)}
-        for seed in seeds:
-            config = load(config_path, {**overrides, "seed": int(seed)})
-            run_dir = runs_root / f"{config.name}-s{seed}"
-            if (run_dir / "metrics.json").is_file():
-                print(f"[skipped] {run_dir}", flush=True)
-                continue
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "FAILED").unlink(missing_ok=True)
-            try:
-                train.run(config, run_dir)
-            except Exception as err:  # one failed run must not stop the comparison
-                (run_dir / "error.log").write_text(traceback.format_exc())
-                (run_dir / "FAILED").write_text(f"reason: {type(err).__name__}: {err}\n"
-                                                f"log: {run_dir / 'error.log'}\n")
-                print(f"[failed] {run_dir}: {err}", flush=True)
-                continue
-            print(f"[done] {run_dir}", flush=True)
+    students = [(load(path, {**data_override, "seed": int(seed)}), seed) for path in configs for seed in seeds]
+    for checkpoint in sorted({Path(cfg.teacher.checkpoint) for cfg, _ in students if cfg.teacher is not None}):
+        if not checkpoint.is_file():
+            teacher_config = teachers.CONFIGS / f"{checkpoint.stem}.yaml"
+            print(f"{checkpoint}: not shipped; training it from {teacher_config} (make teachers)", flush=True)
+            teachers.ship(teacher_config, checkpoint.parent, runs_root / "teachers", data_override)
+        record = json.loads(checkpoint.with_suffix(".json").read_text())
+        cfg = load(record["config"], data_override)
+        _attempt(cfg.run_dir(runs_root), lambda run_dir: train.Trainer(cfg, run_dir).test(checkpoint))
+    for cfg, _ in students:
+        _attempt(cfg.run_dir(runs_root), lambda run_dir: train.run(cfg, run_dir))
     table = report(runs_root, runs_root)
     print((runs_root / "report.md").read_text(), flush=True)
+    if results is not None:
+        Path(results).mkdir(parents=True, exist_ok=True)
+        for path in sorted(runs_root.glob("report*")):
+            shutil.copy2(path, Path(results) / path.name)
     return table
+
+
+def _attempt(run_dir: Path, work) -> None:
+    """``work(run_dir)`` unless the run has its ``metrics.json``; a failure leaves ``FAILED`` (reason)
+    and ``error.log`` (traceback) in the run folder and does not stop the caller."""
+    import traceback
+
+    if (run_dir / "metrics.json").is_file():
+        print(f"[skipped] {run_dir}", flush=True)
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "FAILED").unlink(missing_ok=True)
+    try:
+        work(run_dir)
+    except Exception as err:  # one failed run must not stop the comparison
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        (run_dir / "FAILED").write_text(f"reason: {type(err).__name__}: {err}\nlog: {run_dir / 'error.log'}\n")
+        print(f"[failed] {run_dir}: {err}", flush=True)
+        return
+    print(f"[done] {run_dir}", flush=True)

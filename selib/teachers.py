@@ -4,8 +4,8 @@ score (``make teachers``, ``selib teachers``; docs/kd.md "Shipped teachers"; les
 For each ``configs/teachers/<name>.yaml`` (a run without KD), :func:`ship` trains the run into
 ``runs/teachers/<name>-s<seed>/`` and writes
 
-- ``teachers/<name>.pt``: the weights of ``best.pt`` with the config, epoch and step (no optimiser
-  state), which ``teacher.checkpoint: teachers/<name>.pt`` in a student config loads;
+- ``teachers/<name>.pt``: the weights of ``best.pt`` with the config, epoch, step and training history
+  (no optimiser state), which ``teacher.checkpoint: teachers/<name>.pt`` in a student config loads;
 - ``teachers/<name>.json``: the record: the checkpoint's SHA-256, the resolved config and the command
   that made it, the validation SI-SDR of the shipped weights (mean over the whole utterances of the
   config's validation split, recomputed from the file on the CPU) and, for the embedded corpus, the
@@ -74,7 +74,7 @@ def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | 
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / f"{cfg.name}.pt"
     torch.save({"model": state["model"], "config": state["config"], "epoch": state["epoch"],
-                "step": state["step"], "best": state["best"]}, checkpoint)
+                "step": state["step"], "best": state["best"], "history": state["history"]}, checkpoint)
     valid = validation_dataset(cfg)
     total = train.si_sdr_total(model, valid, range(len(valid)), torch.device("cpu"))
     shown = config_path.resolve().relative_to(REPO_ROOT) if config_path.resolve().is_relative_to(REPO_ROOT) \

@@ -349,7 +349,9 @@ class Trainer:
         if not path.is_file():
             return
         state = torch.load(path, map_location="cpu", weights_only=True)    # load_state_dict moves it
-        old, new = _flatten(state["config"]), _flatten(self.cfg.to_dict())
+        # The stored config goes through load() too, so keys added to the schema since it was written
+        # compare at their defaults.
+        old, new = _flatten(load(state["config"]).to_dict()), _flatten(self.cfg.to_dict())
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
                          and not k.startswith(RESUMABLE_CHANGES))
         if changed:
@@ -595,14 +597,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ testing
     @torch.no_grad()
-    def test(self) -> dict[str, Any]:
-        """Enhance the test split with ``best.pt``; write ``metrics.json`` and ``scores.csv`` (rank 0)."""
+    def test(self, checkpoint: str | Path | None = None) -> dict[str, Any]:
+        """Enhance the test split with ``best.pt`` (or ``checkpoint``, e.g. a shipped teacher); write
+        ``metrics.json`` and ``scores.csv`` (rank 0)."""
         if self.rank != 0:
             return {}
         from tqdm.auto import tqdm
 
         from selib.metrics import evaluate
-        best = self.run_dir / "best.pt"
+        best = Path(checkpoint) if checkpoint is not None else self.run_dir / "best.pt"
         if not best.is_file():
             raise FileNotFoundError(f"{best} not found; run fit() first (it writes best.pt).")
         state = torch.load(best, map_location=self.device, weights_only=True)

@@ -15,10 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
 PAPER = sorted((REPO / "configs/paper").glob("*.yaml"))
 COURSE = sorted((REPO / "configs/course").glob("*.yaml"))
+TEACHERS = sorted((REPO / "configs/teachers").glob("*.yaml"))
 
 
 def test_configs_exist():
-    assert {p.parent.name for p in CONFIGS} == {"smoke", "course", "paper", "lessons"}
+    assert {p.parent.name for p in CONFIGS} == {"smoke", "course", "paper", "teachers", "lessons"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -27,11 +28,16 @@ def test_config_loads_and_names_its_run(path):
     prefix = {"smoke": "smoke-", "lessons": "lesson-"}.get(path.parent.name, "")
     assert cfg.name == prefix + path.stem
     if cfg.teacher is not None:
-        # The teacher checkpoint is the best.pt of a teacher config of the same folder and model.
         checkpoint = Path(cfg.teacher.checkpoint)
-        assert checkpoint.name == "best.pt" and checkpoint.parent.name.endswith(f"-s{cfg.seed}")
-        teacher_name = checkpoint.parent.name[: -len(f"-s{cfg.seed}")]
-        teacher = config.load(path.parent / f"{teacher_name.removeprefix('smoke-')}.yaml")
+        if path.parent.name == "course":
+            # Course students distil from a shipped teacher, teachers/<name>.pt of configs/teachers/<name>.yaml.
+            assert checkpoint.parent == Path("teachers") and checkpoint.suffix == ".pt"
+            teacher_name, teacher_folder = checkpoint.stem, path.parents[1] / "teachers"
+        else:
+            # The teacher checkpoint is the best.pt of a teacher config of the same folder and model.
+            assert checkpoint.name == "best.pt" and checkpoint.parent.name.endswith(f"-s{cfg.seed}")
+            teacher_name, teacher_folder = checkpoint.parent.name[: -len(f"-s{cfg.seed}")], path.parent
+        teacher = config.load(teacher_folder / f"{teacher_name.removeprefix('smoke-')}.yaml")
         assert teacher.name == teacher_name and teacher.teacher is None
         assert (teacher.model.family, teacher.model.preset) == (cfg.teacher.family, cfg.teacher.preset)
 
@@ -41,14 +47,16 @@ def _kinds(paths):
 
 
 def test_course_set_is_complete():
-    expected = {f"dccrn-tiny-{k}" for k in ("teacher", "scratch", "logits", "dfkd")}
-    expected |= {f"dpdcrn-tiny-{k}" for k in ("teacher", "scratch", "logits", "dfkd", "i2s")}
+    expected = {f"dccrn-tiny-{k}" for k in ("scratch", "logits", "dfkd")}
+    expected |= {f"dpdcrn-tiny-{k}" for k in ("scratch", "logits", "dfkd", "i2s")}
     assert _kinds(COURSE) == expected
-    for path in COURSE:
+    assert _kinds(TEACHERS) == {"dccrn-tiny-teacher", "dpdcrn-tiny-teacher"}
+    for path in COURSE + TEACHERS:
         cfg = config.load(path)
         assert cfg.data.name == "embedded"
         assert cfg.model.preset == ("tiny-teacher" if path.stem.endswith("teacher") else "tiny-student")
         assert cfg.kd.method.startswith("logits-") == path.stem.endswith("logits")
+        assert (cfg.role == "teacher") == path.stem.endswith("teacher")
 
 
 def test_paper_set_is_complete():

@@ -126,3 +126,45 @@ def test_plots_draw_on_given_axes():
     curves = plots.training_curves([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}], ax=axes[3])
     assert list(curves.lines[0].get_ydata()) == [2.0, 1.0]
     plt.close(fig)
+
+
+def test_quickstart_scores_the_shipped_teacher_and_pairs_each_kd_student_with_its_scratch_seed(tmp_path):
+    from selib import teachers
+
+    corpus = data.build_embedded(tmp_path / "embedded", n_train=4, n_valid=2, n_test=3, workers=1, verbose=False)
+    small = {"device": "cpu", "data": {"root": str(corpus), "segment_seconds": 0.5, "batch_size": 2,
+                                       "valid_limit": 2, "test_limit": 3},
+             "optim": {"epochs": 1, "max_steps": 2, "checkpoint_every": 0},
+             "eval": {"metrics": ["si_sdr"], "workers": 1}}
+    teacher_config = tmp_path / "tiny-teacher.yaml"
+    teacher_config.write_text(yaml.safe_dump({**small, "name": "tiny-teacher", "role": "teacher",
+                                              "model": {"family": "dccrn", "preset": "tiny-teacher"}}))
+    shipped = tmp_path / "teachers"
+    teachers.ship(teacher_config, shipped, tmp_path / "teacher-runs")
+    course = tmp_path / "course"
+    course.mkdir()
+    student = {**small, "model": {"family": "dccrn", "preset": "tiny-student"}}
+    (course / "scratch.yaml").write_text(yaml.safe_dump({**student, "name": "scratch"}))
+    (course / "logits.yaml").write_text(yaml.safe_dump({
+        **student, "name": "logits", "kd": {"method": "logits-sisnr"},
+        "teacher": {"family": "dccrn", "preset": "tiny-teacher", "cache": True,
+                    "checkpoint": str(shipped / "tiny-teacher.pt")}}))
+    runs_root, results = tmp_path / "runs", tmp_path / "results"
+    experiments.quickstart(runs_root, seeds=(0, 1), data_root=corpus, configs_dir=course, results=results)
+
+    # The shipped teacher is scored, not trained again; every student trained for both seeds.
+    assert (runs_root / "tiny-teacher-s0" / "metrics.json").is_file()
+    assert not (runs_root / "tiny-teacher-s0" / "last.pt").exists()
+    assert sorted(p.name for p in results.iterdir()) == sorted(p.name for p in runs_root.glob("report*"))
+    written = json.loads((results / "report.json").read_text())
+    rows = [r for r in written["paired"] if r["metric"] == "si_sdr" and r["snr_db"] == "all"]
+    assert len(rows) == 1 and rows[0]["teacher"] == "tiny-teacher" and rows[0]["n_seeds"] == 2
+
+    def scores(run):
+        with open(runs_root / run / "scores.csv", newline="") as handle:
+            return {r["id"]: float(r["si_sdr"]) for r in csv.DictReader(handle)}
+
+    diffs = [k - s for seed in (0, 1) for k, s in zip(scores(f"logits-s{seed}").values(),
+                                                     scores(f"scratch-s{seed}").values())]
+    assert rows[0]["diff_mean"] == pytest.approx(np.mean(diffs), abs=1e-9)
+    assert rows[0]["diff_low"] <= rows[0]["diff_mean"] <= rows[0]["diff_high"]

@@ -93,7 +93,7 @@ def test_selib_teachers_writes_a_checkpoint_and_a_record_that_check(tmp_path):
     assert record["command"].startswith("selib teachers") and record["config"]["name"] == "tiny-teacher"
     # The shipped file is what a student config's teacher.checkpoint loads.
     state = torch.load(out / "tiny-teacher.pt", weights_only=True)
-    assert set(state) == {"model", "config", "epoch", "step", "best"}
+    assert set(state) == {"model", "config", "epoch", "step", "best", "history"}
 
     wrong = {**record, "valid": {**record["valid"], "si_sdr": record["valid"]["si_sdr"] + 0.01}}
     (out / "tiny-teacher.json").write_text(json.dumps(wrong))
