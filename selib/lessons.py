@@ -55,10 +55,11 @@ def course_teacher(family: str, teachers_dir: str | Path = TEACHERS_DIR, runs_di
     """The frozen course teacher of ``family`` and its checkpoint: ``(model, path)``.
 
     The teacher is ``<teachers_dir>/<family>-tiny-teacher.pt``, trained to convergence with
-    ``make teachers`` (recipe ``configs/course/<family>-tiny-teacher.yaml``). When that file is
-    missing, a small stand-in is trained into ``<runs_dir>/<family>-teacher`` with the budget of
-    ``configs/lessons/<family>-teacher.yaml`` (and ``overrides``), and a notice says that its numbers
-    are not the course teacher's. The model is in eval mode with gradients off.
+    ``make teachers`` (recipe ``configs/teachers/<family>-tiny-teacher.yaml``, record
+    ``teachers/<family>-tiny-teacher.json``). When that file is missing, a small stand-in is trained
+    into ``<runs_dir>/<family>-teacher`` with the budget of ``configs/lessons/<family>-teacher.yaml``
+    (and ``overrides``), and a notice says that its numbers are not the course teacher's. The model
+    is in eval mode with gradients off.
     """
     from selib import train
     from selib.config import load

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +132,55 @@ def test_scratch_and_kd_students_share_the_budget(stand_in, budget, tmp_path, mo
                                          overrides=budget, runs_dir=runs)
     assert again == results
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def _si_sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """SI-SDR in numpy, written from its definition (Le Roux et al., 2019), zero-mean signals."""
+    estimate, reference = estimate - estimate.mean(), reference - reference.mean()
+    target = (estimate @ reference) / (reference @ reference) * reference
+    return float(10 * np.log10((target @ target) / ((estimate - target) @ (estimate - target))))
+
+
+def test_test_summary_scores_the_noisy_input_and_a_model(budget, stand_in, capsys):
+    config = load(REPO / "configs/lessons/dpdcrn-student.yaml", budget)
+    items = list(data.get_dataset("embedded", "test", root=budget["data.root"], limit=2))
+    noisy = lessons.test_summary(None, config)
+    expected = np.mean([_si_sdr(it["noisy"].double().numpy(), it["clean"].double().numpy()) for it in items])
+    assert noisy["si_sdr"]["n_total"] == 2 and noisy["si_sdr"]["mean"] == pytest.approx(expected, abs=1e-3)
+    teacher = stand_in[0]
+    with torch.no_grad():
+        outputs = [teacher(it["noisy"][None])[0].double().numpy() for it in items]
+    expected = np.mean([_si_sdr(out, it["clean"].double().numpy()) for out, it in zip(outputs, items)])
+    scored = lessons.test_summary(teacher, config)
+    assert scored["si_sdr"]["mean"] == pytest.approx(expected, abs=1e-3)
+    lessons.print_summaries({"noisy input": noisy, "teacher": scored})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["test", "(2", "utt.)", "si_sdr"]
+    assert lines[2].split() == ["teacher", f"{scored['si_sdr']['mean']:.3f}"]
+
+
+def test_quickstart_report_missing_or_foreign(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"report.json: the quick start's results are missing; run `make quickstart`"):
+        lessons.quickstart_report(tmp_path / "report.json")
+    (tmp_path / "report.json").write_text(json.dumps({"runs": []}))
+    with pytest.raises(ValueError, match="no paired, bootstrap"):
+        lessons.quickstart_report(tmp_path / "report.json")
+    report = {"runs": [], "paired": [], "notes": [], "failed": [], "bootstrap": {"n_boot": 10}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert lessons.quickstart_report(tmp_path / "report.json") == report
+
+
+def test_kd_training_draws_the_parts_and_both_validation_curves():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from selib import plots
+
+    scratch = [{"epoch": 1, "step": 10, "train_loss": -1.0, "valid_si_sdr": 3.0},
+               {"epoch": 2, "step": 20, "train_loss": -2.0, "valid_si_sdr": 4.0}]
+    kd = [{"epoch": e, "step": 10 * e, "train_loss": -e, "train_se": -e - 1.0, "train_kd": 0.5, "train_alpha_enc": 0.3,
+           "split_hz_q50": 62.5, "valid_si_sdr": 2.5 + e} for e in (1, 2)]
+    parts, valid = plots.kd_training(scratch, kd, label="dfkd")
+    assert [line.get_label() for line in parts.get_lines()] == ["train_loss", "train_se", "train_kd"]
+    curves = {line.get_label(): line.get_xydata().tolist() for line in valid.get_lines()}
+    assert curves == {"scratch": [[10, 3.0], [20, 4.0]], "dfkd": [[10, 3.5], [20, 4.5]]}
