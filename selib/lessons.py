@@ -26,11 +26,13 @@ LESSON_RUNS = Path("runs/lessons")        # where lessons cache their runs
 
 
 def setup(threads: int = 2, seed: int = 0) -> Path:
-    """The set-up cell of a lesson: at most ``threads`` CPU threads (torch and BLAS), plain log lines
-    instead of progress bars, no "IProgress not found" warning, the random generators seeded, and the
-    repository root (the folder above the notebook with ``pyproject.toml``) as working directory, so
-    that ``data/``, ``configs/`` and ``runs/`` are the folders the ``selib`` command line uses. Returns
-    that root."""
+    """The set-up cell of a lesson: at most ``threads`` CPU threads (torch and BLAS; fewer when
+    ``OMP_NUM_THREADS`` says so), plain log lines instead of progress bars, no "IProgress not found"
+    warning, the random generators seeded, and the repository root (the folder above the notebook with
+    ``pyproject.toml``) as working directory, so that ``data/``, ``configs/`` and ``runs/`` are the
+    folders the ``selib`` command line uses. Returns that root."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(name, str(threads))
     os.environ.setdefault("SELIB_PROGRESS", "0")
