@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: setup quickstart teachers test lab notebooks bench
+.PHONY: setup quickstart teachers test lab notebooks bench exercises book
 
 setup: $(VENV)/.installed
 
@@ -28,7 +28,8 @@ teachers: setup
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
-	$(BIN)/python -m pytest --nbval-lax -p no:randomly notebooks --ignore=notebooks/runs
+	$(BIN)/python -m pytest --nbval-lax -p no:randomly notebooks --ignore=notebooks/runs --ignore=notebooks/exercises
+	$(BIN)/python tools/course.py book
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
@@ -37,6 +38,14 @@ notebooks: setup
 	for nb in notebooks/[0-9]*.ipynb; do \
 	  $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 "$$nb" || exit 1; \
 	done
+
+# The learner's copies of the lessons (solution cells replaced by stubs); see notebooks/README.md.
+exercises: setup
+	$(BIN)/python tools/course.py exercises
+
+# The course as a static site from the committed, executed notebooks (no execution): build/book/html.
+book: setup
+	$(BIN)/python tools/course.py book
 
 bench: setup
 	for script in benchmarks/bench_*.py; do $(BIN)/python "$$script" || exit 1; done

@@ -8,6 +8,9 @@ Lessons: ``00_data_and_listening`` (load/save/resample) and ``02_stft_and_masks`
 """
 from __future__ import annotations
 
+import io
+import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,14 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from selib.files import write_atomically
+
 SAMPLE_RATE = 16000
+RATE_RANGE = (4000, 384000)      # sample rates load() accepts, in Hz (telephone band to 384 kHz studio)
+MAX_KERNEL = 4_000_000           # torchaudio's resampling kernel holds new x orig (reduced) taps; above
+                                 # this (coprime rates such as 44101 -> 16000) a polyphase FIR is used
+WAV_PCM_BITS, WAV_FLOAT_BITS = (8, 16, 24, 32), (32, 64)
+OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 
 
 class AudioError(ValueError):
@@ -33,25 +43,40 @@ def check_waveform(wav: torch.Tensor | np.ndarray, name: str = "waveform") -> No
 
 
 def resample(wav: torch.Tensor, orig_rate: int, new_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Band-limited resampling (torchaudio's windowed-sinc polyphase filter) along the last axis."""
+    """Band-limited resampling along the last axis: torchaudio's windowed-sinc filter, or for rates
+    whose reduced ratio would make that kernel huge, scipy's polyphase FIR (``resample_poly``)."""
     if orig_rate == new_rate:
         return wav
-    return AF.resample(wav, int(orig_rate), int(new_rate))
+    orig_rate, new_rate = int(orig_rate), int(new_rate)
+    gcd = math.gcd(orig_rate, new_rate)
+    if (orig_rate // gcd) * (new_rate // gcd) <= MAX_KERNEL:
+        return AF.resample(wav, orig_rate, new_rate)
+    from scipy.signal import resample_poly   # memory linear in the rates, not in their product
+
+    out = resample_poly(wav.detach().cpu().double().numpy(), new_rate // gcd, orig_rate // gcd, axis=-1)
+    return torch.from_numpy(out).to(wav.dtype)
 
 
 def load(path: str | Path, sample_rate: int = SAMPLE_RATE, mix_down: bool = False) -> torch.Tensor:
     """Read an audio file as a mono float32 tensor ``[T]`` at ``sample_rate``.
 
-    Integer PCM is scaled to [-1, 1); any other rate is resampled. A file with several channels is an
-    error unless ``mix_down=True`` (then the channels are averaged).
+    Integer PCM is scaled to [-1, 1); any other rate in :data:`RATE_RANGE` is resampled. A file with
+    several channels is an error unless ``mix_down=True`` (then the channels are averaged). A file
+    shorter than its header says (truncated), a WAV bit depth other than 8/16/24/32-bit PCM or
+    32/64-bit float, NaN/Inf samples and empty files raise :class:`AudioError`.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file; check the path.")
     try:
+        info = sf.info(str(path))
+        _check_header(path, info)
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"{path}: cannot be read as audio ({err}); use a WAV/FLAC/OGG file.") from err
+    if data.shape[0] < info.frames:
+        raise AudioError(f"{path}: truncated: the header promises {info.frames} frames but only "
+                         f"{data.shape[0]} could be read; re-export or re-download the file.")
     if data.shape[1] > 1:
         if not mix_down:
             raise AudioError(
@@ -72,9 +97,81 @@ def save(path: str | Path, wav: torch.Tensor | np.ndarray, sample_rate: int = SA
     if wav.dim() != 1:
         raise AudioError(f"{path}: save() takes one mono waveform [T], got shape {tuple(wav.shape)}.")
     check_waveform(wav, str(path))
+    check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), wav.numpy(), sample_rate, subtype=subtype)
+    kind = OUTPUT_FORMATS[path.suffix.lower()]
+    encoded = io.BytesIO()   # encoded in memory, so that file-system errors are Python's OSErrors
+    sf.write(encoded, wav.numpy(), sample_rate, format=kind,
+             subtype=subtype if sf.check_format(kind, subtype) else None)
+    return write_atomically(path, encoded.getbuffer())
+
+
+def check_output_path(path: str | Path, source: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Raise :class:`AudioError` unless an audio file can be written at ``path``: a known extension
+    (:data:`OUTPUT_FORMATS`), not a folder, no file in the way of its folders, and not the ``source``
+    file itself unless ``overwrite``. Checked before any work, so a mistake costs nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder; give a file name, e.g. {path / 'enhanced.wav'}.")
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise AudioError(f"{path}: unknown audio extension {path.suffix or '(none)'!r}; "
+                         f"name the output *{', *'.join(OUTPUT_FORMATS)}.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AudioError(f"{path}: cannot be created because {parent} is a file, not a folder; "
+                                 "choose another output path.")
+            break
+    if source is not None and path.exists() and not overwrite and path.resolve() == Path(source).resolve():
+        raise AudioError(f"{path}: is the input file itself; choose another output path, or pass "
+                         "--overwrite to replace the input.")
     return path
+
+
+def _check_header(path: Path, info) -> None:
+    """Refuse sample rates outside :data:`RATE_RANGE`, and WAV files whose bit depth is not a standard
+    one or whose data chunk is shorter than its header says (libsndfile reads both silently)."""
+    if not RATE_RANGE[0] <= info.samplerate <= RATE_RANGE[1]:
+        raise AudioError(f"{path}: sample rate {info.samplerate} Hz is outside the {RATE_RANGE[0]}-"
+                         f"{RATE_RANGE[1]} Hz selib accepts; the header is damaged, or re-export the "
+                         "audio at 16 kHz.")
+    if info.format != "WAV":
+        return
+    header = _wav_header(path)
+    if header is None:
+        return
+    tag, bits, declared, available = header
+    allowed = WAV_FLOAT_BITS if tag == 3 else WAV_PCM_BITS
+    if tag in (1, 3) and bits not in allowed:
+        raise AudioError(f"{path}: {bits}-bit {'float' if tag == 3 else 'PCM'} samples are not a bit depth "
+                         f"selib reads reliably ({'/'.join(map(str, allowed))}); re-export the file as "
+                         "16-bit PCM WAV.")
+    if declared not in (0, 0xFFFFFFFF) and declared > available:   # 0 and 0xFFFFFFFF: length unknown
+        raise AudioError(f"{path}: truncated: the header promises {declared} bytes of audio but the file "
+                         f"holds {available}; re-export or re-download the file.")
+
+
+def _wav_header(path: Path) -> tuple[int, int, int, int] | None:
+    """``(format tag, bits per sample, data bytes declared, data bytes present)`` of a RIFF/WAVE file
+    (WAVE_FORMAT_EXTENSIBLE resolved to its sub-format), or None when it is not a plain RIFF file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(4) != b"RIFF" or (f.read(4), f.read(4))[1] != b"WAVE":
+            return None
+        tag = bits = None
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"fmt " and length >= 16:
+                fmt = f.read(min(length, 40))
+                tag, bits = struct.unpack("<H", fmt[:2])[0], struct.unpack("<H", fmt[14:16])[0]
+                if tag == 0xFFFE and len(fmt) >= 26:
+                    tag = struct.unpack("<H", fmt[24:26])[0]
+            elif chunk == b"data":
+                return (tag, bits, length, size - offset - 8) if tag is not None else None
+            offset += 8 + length + (length & 1)
+    return None
 
 
 _WINDOWS = {
@@ -135,19 +232,27 @@ class STFT(torch.nn.Module):
             return 1 + (padded - self.n_fft % 2) // self.hop_length
         return 1 + max(0, padded - self.n_fft) // self.hop_length
 
+    def _frame_window(self, dtype: torch.dtype) -> torch.Tensor:
+        """The window zero-padded to ``n_fft`` samples, centred in the frame as torch.stft does."""
+        offset = (self.n_fft - self.win_length) // 2
+        return torch.nn.functional.pad(self.window.to(dtype), (offset, self.n_fft - self.win_length - offset))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeeze = x.dim() == 1
         x = x.unsqueeze(0) if squeeze else x
         if x.dim() != 2:
             raise ValueError(f"STFT takes [T] or [B, T] waveforms, got shape {tuple(x.shape)}")
         left, right = self._pads(x.shape[-1])
-        if not self.center:
+        if self.center:  # torch.stft's centring: half a frame of zeros at both ends
+            left, right = left + self.n_fft // 2, right + self.n_fft // 2
+        else:
             # Without centring, frames are n_fft long: make sure at least one fits.
             right += max(0, self.n_fft - (x.shape[-1] + left + right))
         x = torch.nn.functional.pad(x, (left, right))
-        spec = torch.stft(x, self.n_fft, self.hop_length, self.win_length,
-                          window=self.window.to(x.dtype), center=self.center, pad_mode="constant",
-                          return_complex=True)
+        # torch.stft's own framing, written out as real tensors so that the complex spectrum is the
+        # last step: ONNX export (lesson 11) handles complex tensors only as outputs of an FFT.
+        frames = x.unfold(-1, self.n_fft, self.hop_length) * self._frame_window(x.dtype)
+        spec = torch.fft.rfft(frames, dim=-1).transpose(1, 2)
         return spec[0] if squeeze else spec
 
     def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
@@ -155,22 +260,18 @@ class STFT(torch.nn.Module):
         spec = spec.unsqueeze(0) if squeeze else spec
         left, right = self._pads(length)
         padded = length + left + right
-        if not self.center:
-            padded = max(padded, self.n_fft)
-        window = self.window.to(spec.real.dtype)
-        if self.center:
-            x = torch.istft(spec, self.n_fft, self.hop_length, self.win_length, window=window,
-                            center=True, length=padded)
+        if self.center:  # the frames also cover half a frame before and after the padded signal
+            left, padded = left + self.n_fft // 2, padded + 2 * (self.n_fft // 2)
         else:
-            x = self._overlap_add(spec, window, padded)
-        x = x[..., left:left + length]
+            padded = max(padded, self.n_fft)
+        x = self._overlap_add(spec, padded)[..., left:left + length]
         return x[0] if squeeze else x
 
-    def _overlap_add(self, spec: torch.Tensor, window: torch.Tensor, padded: int) -> torch.Tensor:
-        """Windowed overlap-add for ``center=False``, where torch.istft rejects the zero-valued
-        window edges of the padding; only padded samples have a zero window envelope."""
-        offset = (self.n_fft - self.win_length) // 2
-        window = torch.nn.functional.pad(window, (offset, self.n_fft - self.win_length - offset))
+    def _overlap_add(self, spec: torch.Tensor, padded: int) -> torch.Tensor:
+        """Windowed overlap-add with the squared-window envelope divided out (what torch.istft does,
+        which rejects the zero-valued envelope of ``center=False`` padding and cannot be exported to
+        ONNX); only padded samples have a zero envelope."""
+        window = self._frame_window(spec.real.dtype)
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * window[:, None]
         n_frames = frames.shape[-1]
         fold = dict(output_size=(1, padded), kernel_size=(1, self.n_fft), stride=(1, self.hop_length))

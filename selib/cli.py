@@ -22,6 +22,20 @@ def cmd_data(args) -> None:
 
     if args.action == "build":
         print(data.build_embedded(args.root, seed=args.seed))
+    elif args.action == "verify":
+        from selib.data.embedded import verify_embedded
+
+        if args.name not in (None, "embedded"):
+            raise ValueError(f"selib data verify checks the embedded corpus (its manifest holds a SHA-256 per "
+                             f"file); {args.name} has none: downloads are verified as archives when fetched.")
+        checked, problems = verify_embedded(args.root)
+        for line in problems:
+            print(line)
+        print(f"{args.root}: {checked - len(problems)} of {checked} files match the manifest"
+              + (f"; rebuild the corpus (delete {Path(args.root) / 'manifest.json'}, then selib data build)"
+                 if problems else ""))
+        if problems:
+            raise SystemExit(1)
     elif args.action == "list":
         from selib.data.download import describe
 
@@ -40,10 +54,19 @@ def cmd_train(args) -> None:
     from selib import config, train
 
     cfg = config.load(args.config, _overrides(args.set))
+    if args.dry_run:
+        p = train.dry_run(cfg)
+        print(f"{p['device']}: {p['step_seconds']:.3f} s per training step (median of {p['steps_timed']} "
+              f"after a warm-up step), peak memory {p['peak_memory_bytes'] / 2**30:.2f} GiB")
+        print(f"projected: {p['epoch_seconds'] / 60:.1f} min per epoch ({p['batches_per_epoch']} batches), "
+              f"{p['run_seconds'] / 3600:.2f} h for the run ({p['total_steps']} steps, validation not "
+              "included); nothing was trained or written")
+        return
     run_dir = Path(args.run_dir) if args.run_dir else cfg.run_dir()
-    result = train.run(cfg, run_dir)
-    _print_summary(result["summary"])
-    print(f"run folder: {run_dir}")
+    result = train.run(cfg, run_dir, test=not args.no_test)
+    if result:
+        _print_summary(result["summary"])
+        print(f"run folder: {run_dir}")
 
 
 def _print_summary(summary: dict) -> None:
@@ -52,29 +75,32 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_eval(args) -> None:
-    import torch
+    from selib import data
+    from selib.checkpoints import load_model
+    from selib.inference import enhance_and_score
+    from selib.metrics import validate_metrics
 
-    from selib import data, metrics
-    from selib.experiments import load_model
-
+    if args.metrics:
+        validate_metrics(args.metrics)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: must be at least 1.")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be at least 1.")
     model, cfg = load_model(args.checkpoint)
     name = args.data or cfg["data"]["name"]
     root = args.root or (cfg["data"]["root"] if name == cfg["data"]["name"] else None)
     dataset = data.get_dataset(name, args.split, root=root, limit=args.limit)
-
-    def items():
-        with torch.no_grad():
-            for i in range(len(dataset)):
-                item = dataset[i]
-                enhanced = model(item["noisy"][None])[0]
-                yield item["id"], enhanced.numpy(), item["clean"].numpy()
-
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{name}-{args.split}"
     out.mkdir(parents=True, exist_ok=True)
-    result = metrics.evaluate(list(items()), metrics=tuple(args.metrics or cfg["eval"]["metrics"]),
-                              workers=args.workers, csv_path=out / "scores.csv",
-                              json_path=out / "metrics.json")
+    result, _ = enhance_and_score(model, dataset, args.metrics or cfg["eval"]["metrics"],
+                                  workers=args.workers, csv_path=out / "scores.csv",
+                                  json_path=out / "metrics.json")
     _print_summary(result.summary)
+    failed = [row["id"] for row in result.rows if row[f"{result.metrics[0]}_status"] in
+              ("unreadable", "nonfinite_output")]
+    if failed:
+        print(f"{len(failed)} utterance(s) not scored (first: {failed[0]}); their reasons are in scores.csv",
+              file=sys.stderr)
     print(f"scores: {out / 'scores.csv'}")
 
 
@@ -82,13 +108,38 @@ def cmd_enhance(args) -> None:
     import torch
 
     from selib import audio
-    from selib.experiments import load_model
+    from selib.checkpoints import load_model
+    from selib.inference import ModelOutputError, enhance
 
+    audio.check_output_path(args.output, source=args.input, overwrite=args.overwrite)
+    model, _ = load_model(args.checkpoint)          # a bad checkpoint costs no audio reading
     noisy = audio.load(args.input, mix_down=args.mix_down)
+    try:
+        if args.stream:
+            from selib.streaming import stream
+
+            with torch.no_grad():
+                enhanced = stream(model, noisy[None])[0]
+        else:
+            enhanced = enhance(model, noisy)
+    except ModelOutputError as err:
+        raise ModelOutputError(f"{args.checkpoint}: {err} (input {args.input}; nothing was written)") from None
+    clipped = int((enhanced > 1.0).sum() + (enhanced < -1.0).sum())      # no float copies of a long file
+    if clipped:
+        print(f"{clipped} samples beyond full scale were clipped to [-1, 1] in {args.output}", file=sys.stderr)
+    print(audio.save(args.output, enhanced.clamp_(-1.0, 1.0)))
+
+
+def cmd_export(args) -> None:
+    from selib.experiments import load_model
+    from selib.export import ONNX_OPSET, export_files
+
     model, _ = load_model(args.checkpoint)
-    with torch.no_grad():
-        enhanced = model(noisy[None])[0]
-    print(audio.save(args.output, enhanced.clamp(-1.0, 1.0)))
+    result = export_files(model, args.out)
+    print(f"torch.export: {result['torch.export']}")
+    print(f"ONNX (opset {ONNX_OPSET}): {result['onnx']}")
+    for name, diffs in result["max_abs_diff"].items():
+        print(f"max |{name} - eager|: " + ", ".join(f"{d:.1e} at {n} samples" for n, d in diffs.items()))
 
 
 def cmd_run(args) -> None:
@@ -138,9 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="build the embedded corpus, list or download datasets",
                        description="build: make the offline embedded corpus; list: the datasets selib "
-                       "knows; download NAME: fetch and verify a public dataset.")
-    p.add_argument("action", choices=["build", "list", "download"])
-    p.add_argument("name", nargs="?", help="dataset to download (voicebank, dns2020, ...)")
+                       "knows; download NAME: fetch and verify a public dataset; verify: check the "
+                       "embedded corpus files against the SHA-256 in its manifest.")
+    p.add_argument("action", choices=["build", "list", "download", "verify"])
+    p.add_argument("name", nargs="?", help="dataset to download (voicebank, dns2020, ...) or verify (embedded)")
     p.add_argument("--root", default="data/embedded", help="embedded corpus folder (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default %(default)s)")
     p.add_argument("--dest", default="data", help="download destination (default %(default)s)")
@@ -152,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run folder (default runs/<name>-s<seed>)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.epochs=1 (repeatable)")
+    p.add_argument("--no-test", action="store_true", help="fit only; skip the test split")
+    p.add_argument("--dry-run", action="store_true",
+                   help="time a few steps on this device, print the projected time per epoch and for the "
+                   "run, and exit without training or writing anything")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split",
@@ -173,7 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN.wav")
     p.add_argument("output", metavar="OUT.wav")
     p.add_argument("--mix-down", action="store_true", help="average the channels of a multi-channel file")
+    p.add_argument("--overwrite", action="store_true", help="allow OUT to be IN (replaces the input)")
+    p.add_argument("--stream", action="store_true",
+                   help="enhance frame by frame as a real-time system would (causal models only)")
     p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("export", help="export a checkpoint's model with torch.export and to ONNX",
+                       description="Write student.pt2 (torch.export) and student.onnx (onnxruntime) with "
+                       "dynamic batch and time axes, and compare both with the eager model.")
+    p.add_argument("checkpoint", help="best.pt or last.pt of a run")
+    p.add_argument("--out", default="deploy", help="output folder (default %(default)s)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="run configs with papermill over seeds",
                        description="Execute notebooks/runs/train.ipynb per (config, seed) into "
@@ -220,19 +286,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; what the user got wrong is one line on stderr (exit 2), a diverged training
+    run exits 1, and only bugs keep their traceback."""
     args = build_parser().parse_args(argv)
     from selib.data.download import DownloadError
 
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, DownloadError) as err:  # AudioError, ConfigError: ValueErrors
-        print(f"selib {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except RuntimeError as err:
         from selib.train import TrainingDiverged
 
-        if not isinstance(err, TrainingDiverged):  # a bug: keep its traceback
+        if not isinstance(err, (TrainingDiverged, DownloadError)):  # a bug: keep its traceback
             raise
         print(f"selib {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(err, TrainingDiverged) else 2
+    except ValueError as err:  # AudioError, ConfigError, CheckpointError: ValueErrors
+        print(f"selib {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # missing files, full disks, read-only folders, permissions
+        print(f"selib {args.command}: error: {_os_error(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"selib {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
+
+
+def _os_error(err: OSError) -> str:
+    """One line for an OSError: the path, the system's reason and what to do."""
+    import errno
+
+    if err.filename is None or isinstance(err, FileNotFoundError) and not err.strerror:
+        return str(err)
+    fixes = {errno.ENOSPC: "free some disk space or write elsewhere",
+             errno.EACCES: "check the permissions or write elsewhere",
+             errno.EPERM: "check the permissions or write elsewhere",
+             errno.EROFS: "the file system is read-only: write elsewhere",
+             errno.EFBIG: "the file system refused the file's size: free some space or write elsewhere",
+             errno.ENOENT: "check the path", errno.EISDIR: "give a file name, not a folder",
+             errno.ENOTDIR: "a part of the path is a file, not a folder"}
+    fix = fixes.get(err.errno, "check the path")
+    return f"{err.filename}: {err.strerror}; {fix}."

@@ -9,6 +9,9 @@ checkpoint path. The result is a :class:`Config`: a nested dict with attribute a
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -96,9 +99,12 @@ def load(source: str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | 
         if not Path(source).is_file():
             raise ConfigError(f"{where}: no such config file; check the path (configs/ holds examples).")
         try:
-            raw = yaml.safe_load(Path(source).read_text()) or {}
+            raw = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{where}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); "
+                              "save the config as UTF-8.") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{where}: not valid YAML ({err}).") from err
+            raise ConfigError(f"{where}: not valid YAML ({_one_line(err)}).") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: the top level must be a mapping of keys, got {type(raw).__name__}.")
     cfg = _merge(DEFAULTS, raw, "", where)
@@ -125,8 +131,16 @@ def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict
         key, sep, text = str(item).partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.epochs=1).")
-        parsed[key.strip()] = yaml.safe_load(text)
+        try:
+            parsed[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_one_line(err)}); quote "
+                              "strings, e.g. --set 'name=\"my run\"'.") from None
     return parsed
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def _free_form(path: str) -> bool:
@@ -169,6 +183,8 @@ def _number(kind: type, low: float | None = None, optional: bool = False, strict
     def check(value, cfg):
         if value is None and optional:
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
         ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
         if kind is int:
             ok_type = isinstance(value, int) and not isinstance(value, bool)
@@ -293,6 +309,10 @@ def _validate(cfg: dict, where: str) -> None:
         problem = check(node[leaf], cfg)
         if problem:
             raise ConfigError(f"{where}: {key} = {node[leaf]!r} is not valid; {problem}.")
+    for section in ("model", "teacher"):
+        if cfg[section] is not None:
+            _check_model_options(cfg[section], section, where)
+    _check_finite(cfg["kd"]["options"], "kd.options", where)
     method = cfg["kd"]["method"]
     if method == "none" and cfg["teacher"] is not None:
         raise ConfigError(f"{where}: teacher is set but kd.method is 'none'; set teacher: null for a "
@@ -300,3 +320,56 @@ def _validate(cfg: dict, where: str) -> None:
     if method != "none" and cfg["teacher"] is None:
         raise ConfigError(f"{where}: kd.method = {method!r} needs a teacher; add teacher: {{family, preset, "
                           "checkpoint}} (e.g. checkpoint: runs/<teacher-name>-s{seed}/best.pt).")
+
+
+def _check_finite(value: Any, key: str, where: str) -> None:
+    """Non-finite numbers (``.inf``, ``.nan``) anywhere in a free-form section are errors."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}", where)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]", where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key} = {value!r} is not valid; must be a finite number.")
+
+
+def _check_model_options(spec: Mapping[str, Any], section: str, where: str) -> None:
+    """``<section>.overrides`` keys must be constructor arguments of the family's model, with values of
+    the type of the argument's default (an int where an int is expected, a list for a tuple, ...)."""
+    from selib.models import FAMILIES
+
+    overrides = spec["overrides"]
+    _check_finite(overrides, f"{section}.overrides", where)
+    params = inspect.signature(importlib.import_module(FAMILIES[spec["family"]]).MODEL).parameters
+    valid = sorted(params)
+    for key, value in overrides.items():
+        full = f"{section}.overrides.{key}"
+        if key not in params:
+            raise ConfigError(f"{where}: unknown key {full!r} for a {spec['family']} model; valid keys: "
+                              f"{', '.join(valid)}.")
+        problem = _option_type_problem(value, params[key].default)
+        if problem:
+            raise ConfigError(f"{where}: {full} = {value!r} is not valid; {problem}.")
+
+
+def _option_type_problem(value: Any, default: Any) -> str | None:
+    """None if ``value`` has the type of ``default`` (ints pass for floats), else what it must be."""
+    if default is inspect.Parameter.empty or default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "must be a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "must be a string"
+    if isinstance(default, (tuple, list)):
+        if not isinstance(value, (list, tuple)):
+            return f"must be a list like {list(default)}"
+        kinds = {type(v) for v in default}
+        if all(type(v) in kinds for v in value):
+            return None
+        return f"must be a list of {' or '.join(sorted(k.__name__ for k in kinds))} like {list(default)}"
+    return None

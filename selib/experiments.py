@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from selib.checkpoints import load_model  # noqa: F401  (lessons import it from here)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NOTEBOOK = REPO_ROOT / "notebooks" / "runs" / "train.ipynb"
 COURSE_CONFIGS = REPO_ROOT / "configs" / "course"
@@ -72,28 +74,6 @@ def _failure_reason(notebook: Path, log: Path, returncode: int) -> str:
                 return f"{out['ename']}: {out['evalue']}"
     lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
     return (lines[-1] if lines else "no output") + f" (papermill exit code {returncode})"
-
-
-def load_model(checkpoint: str | Path, device: str = "cpu"):
-    """The student model stored in a run checkpoint (``best.pt``/``last.pt``), in eval mode, and the
-    resolved config it was trained with."""
-    import torch
-
-    from selib import models
-    from selib.config import load
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint; train first (selib train CONFIG) or fix the path.")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        config = load(state["config"])
-        spec = config["model"]
-        model = models.build(spec["family"], spec["preset"], **spec["overrides"])
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError, EOFError) as err:
-        raise ValueError(f"{path}: not a selib run checkpoint ({err}); pass the best.pt/last.pt of a run.") from err
-    return model.to(device).eval(), config
 
 
 def run_one(config_path: str | Path, seed: int = 0, runs_root: str | Path = "runs",

@@ -38,7 +38,7 @@ METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "si_snr", "csig", "c
            "ssnr", "llr", "wss")
 DEFAULT_METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "csig", "cbak", "covl", "ssnr")
 STATUSES = ("ok", "too_short", "silent_reference", "no_utterance", "too_few_frames", "length_mismatch",
-            "nonfinite_input", "wrong_rate", "error")
+            "nonfinite_input", "wrong_rate", "unreadable", "nonfinite_output", "error")
 
 PESQ_MIN_SAMPLES = 4000  # the pesq package needs at least 0.25 s at 16 kHz
 STOI_MIN_SAMPLES = 410  # one 256-sample frame after pystoi resamples 16 kHz to 10 kHz
@@ -103,9 +103,9 @@ def _prepare(est, ref, sample_rate: int, min_samples: int, metric: str) -> tuple
     if ref.size < min_samples:
         raise MetricError("too_short", f"{metric} needs at least {min_samples} samples "
                           f"({min_samples / SAMPLE_RATE:.3f} s), got {ref.size}.")
-    if np.sqrt(np.mean(ref ** 2)) < SILENT_RMS:
-        raise MetricError("silent_reference", f"the reference is silent (RMS < {SILENT_RMS:g}); "
-                          f"{metric} is undefined without a clean signal.")
+    if np.std(ref) < SILENT_RMS:   # a constant (DC) reference holds no more speech than silence
+        raise MetricError("silent_reference", f"the reference is silent or constant (RMS about its mean "
+                          f"< {SILENT_RMS:g}); {metric} is undefined without a clean signal.")
     return est, ref
 
 
@@ -379,6 +379,10 @@ def _attempt(out: dict, names, compute) -> None:
 def _score(task) -> dict:
     """All requested metrics of one utterance (runs in a worker process); PESQ-WB is computed once."""
     uid, est, ref, rate, metrics = task
+    if isinstance(est, MetricError):           # an utterance that never reached the metrics
+        return {"id": uid, **{f"{name}{suffix}": value for name in metrics
+                              for suffix, value in (("", math.nan), ("_status", est.status),
+                                                    ("_reason", est.reason))}}
     out: dict[str, tuple] = {}
     needed = [m for m in _SINGLE if m in metrics or (m == "pesq_wb" and set(metrics) & set(_COMPOSITE))]
     for name in needed:
@@ -403,6 +407,11 @@ def _init_worker() -> None:
 
 
 def _task(item, index: int, sample_rate: int, metrics: tuple) -> tuple:
+    if isinstance(item, dict) and "status" in item and "estimate" not in item:
+        if item["status"] not in STATUSES or item["status"] == "ok" or "id" not in item:
+            raise ValueError(f"evaluate: item {index} is a failed utterance, which needs 'id', a 'status' "
+                             f"from {[s for s in STATUSES if s != 'ok']} and a 'reason'.")
+        return str(item["id"]), MetricError(item["status"], str(item.get("reason", ""))), None, 0, metrics
     if isinstance(item, dict):
         missing = {"id", "estimate", "reference"} - set(item)
         if missing:
@@ -465,6 +474,15 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def validate_metrics(metrics) -> tuple[str, ...]:
+    """``metrics`` as a tuple, or a ValueError naming the unknown ones and the valid choices."""
+    metrics = tuple([metrics] if isinstance(metrics, str) else metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"unknown metrics {unknown or '(none given)'}; choose from {', '.join(METRICS)}.")
+    return metrics
+
+
 def evaluate(items, metrics=DEFAULT_METRICS, workers: int | None = None, csv_path=None, json_path=None,
              sample_rate: int = SAMPLE_RATE) -> EvalResult:
     """Score many ``(id, estimate, reference)`` utterances in parallel (lesson ``01_metrics``).
@@ -473,13 +491,12 @@ def evaluate(items, metrics=DEFAULT_METRICS, workers: int | None = None, csv_pat
     cores; ``workers=1`` runs in this process). Results keep the input order. A bad utterance never
     stops the run: each (utterance, metric) gets a value and a status from :data:`STATUSES`; the summary
     averages only ``ok`` values. Items may carry their own rate (4th tuple element or ``sample_rate``
-    key); anything but 16 kHz is scored ``wrong_rate``. ``csv_path``/``json_path`` save the per-utterance
+    key); anything but 16 kHz is scored ``wrong_rate``. A dict ``{"id", "status", "reason"}`` without an
+    estimate records an utterance that never reached the metrics (``unreadable`` audio, a model output
+    with NaN/Inf) under that status. ``csv_path``/``json_path`` save the per-utterance
     table and, for JSON, the summary too.
     """
-    metrics = tuple(metrics)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"evaluate: unknown metrics {unknown or '(none given)'}; choose from {list(METRICS)}")
+    metrics = validate_metrics(metrics)
     if workers is not None and workers < 1:
         raise ValueError(f"evaluate: workers must be >= 1 (or None for one per core), got {workers}.")
     tasks = [_task(item, i, sample_rate, metrics) for i, item in enumerate(items)]

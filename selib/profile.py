@@ -1,6 +1,7 @@
 """How big and how fast a model is: parameters, MACs per second of audio, real-time factor.
 
-Lesson ``11_results_and_deployment`` (and the teacher/student sizes of ``06_training_teacher_student``).
+Lessons ``03_dccrn`` (how MACs are counted; exercise 3.1 checks it by hand), ``04``/``05`` (the preset
+table) and ``11_results_and_deployment`` (and the teacher/student sizes of ``06_training_teacher_student``).
 
 MACs are counted by running the model once on ``seconds`` of noise under
 ``torch.utils.flop_counter.FlopCounterMode`` and halving its FLOPs (one multiply-accumulate = 2 FLOPs).

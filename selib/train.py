@@ -15,7 +15,6 @@ Only rank 0 writes files. Command line::
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -35,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from selib import kd, models
+from selib.checkpoints import load_checkpoint, load_model, save_checkpoint
 from selib.config import Config, ConfigError, load
 
 SPLIT_BIN_HZ = 31.25   # DFKD split histogram resolution: one bin of the 512-point STFT at 16 kHz
@@ -266,21 +266,15 @@ class Trainer:
 
     def _load_teacher(self) -> nn.Module:
         spec = self.cfg.teacher
-        path = Path(spec.checkpoint)
-        if not path.is_file():
+        if not Path(spec.checkpoint).is_file():
             raise FileNotFoundError(
-                f"teacher checkpoint {path} not found; train the teacher first (selib train <teacher "
+                f"teacher checkpoint {spec.checkpoint} not found; train the teacher first (selib train <teacher "
                 "config>) or fix teacher.checkpoint in the config.")
-        teacher = models.build(spec.family, spec.preset, **spec.overrides)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            teacher.load_state_dict(state["model"])
-        except (KeyError, RuntimeError) as err:
-            raise ValueError(f"{path}: does not hold the weights of a {spec.family} {spec.preset!r} model "
-                             f"({err}); check teacher.family/preset/overrides against the teacher's "
-                             "config.yaml.") from err
+        teacher, _ = load_model(spec.checkpoint, self.device, spec.family, spec.preset, spec.overrides,
+                                fix="fix teacher.checkpoint/family/preset/overrides, or train the teacher "
+                                    "again (selib train <teacher config>)")
         teacher.requires_grad_(False)
-        return teacher.to(self.device).eval()
+        return teacher
 
     def _teacher_cache(self) -> kd.TeacherCache | None:
         """The teacher-output cache of ``teacher.cache`` (output-level KD only: features are not cached)."""
@@ -332,23 +326,24 @@ class Trainer:
                                    "Train again in a new run folder with a lower optim.lr or optim.grad_clip.")
         state, path = self._state(), self.run_dir / name
         if self.rank == 0:
-            tmp = path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, path)
+            save_checkpoint(state, path)
         return path
 
     def _last_good(self) -> str:
         path = self.run_dir / "last.pt"
         if not path.is_file():
             return "no checkpoint was written before it."
-        step = torch.load(path, map_location="cpu", weights_only=True)["step"]
+        step = load_checkpoint(path)["step"]
         return f"the last good checkpoint is {path} (step {step})."
 
     def _resume(self) -> None:
         path = self.run_dir / "last.pt"
         if not path.is_file():
             return
-        state = torch.load(path, map_location="cpu", weights_only=True)    # load_state_dict moves it
+        best = self.run_dir / "best.pt"
+        fix = ("delete it to start this run again" + (f", or copy {best} over it to resume from the best "
+                                                      "epoch" if best.is_file() else ""))
+        state = load_checkpoint(path, fix=fix)    # on the CPU: load_state_dict moves it
         # The stored config goes through load() too, so keys added to the schema since it was written
         # compare at their defaults.
         old, new = _flatten(load(state["config"]).to_dict()), _flatten(self.cfg.to_dict())
@@ -446,13 +441,18 @@ class Trainer:
 
     def _grad_norms(self, se: torch.Tensor, kd_loss: torch.Tensor) -> list[float]:
         """L2 norms of the gradients of ``L_SE`` and of the unweighted ``KD`` w.r.t. the student's
-        parameters; the graph is kept for the training backward."""
+        parameters (under DDP of the gradients averaged over ranks, as the optimiser sees them); the
+        graph is kept for the training backward."""
         params = [p for p in self.student.parameters() if p.requires_grad]
         norms = []
         for loss in (se, kd_loss):
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            norms.append(float(torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads if g is not None]))))
+            flat = torch.cat([(torch.zeros_like(p) if g is None else g).float().flatten()
+                              for g, p in zip(grads, params)])
+            if self.world > 1:
+                dist.all_reduce(flat)
+                flat /= self.world
+            norms.append(float(torch.linalg.vector_norm(flat)))
         return norms
 
     def balance_weight(self) -> float:
@@ -470,8 +470,6 @@ class Trainer:
                 teacher_out, teacher_features = self._teacher_outputs(noisy)
                 se, kd_loss, _ = self.local_objective(noisy, clean, teacher_out, teacher_features)
             sums += torch.tensor([*self._grad_norms(se, kd_loss), 1.0], dtype=torch.float64)
-        if self.world > 1:
-            dist.all_reduce(sums)
         for module, state in zip((self.student, self.distiller), saved):
             module.load_state_dict(state)
         set_rng_state(rng)
@@ -599,38 +597,28 @@ class Trainer:
     @torch.no_grad()
     def test(self, checkpoint: str | Path | None = None) -> dict[str, Any]:
         """Enhance the test split with ``best.pt`` (or ``checkpoint``, e.g. a shipped teacher); write
-        ``metrics.json`` and ``scores.csv`` (rank 0)."""
+        ``metrics.json`` and ``scores.csv`` (rank 0).
+        An unreadable test file is a row with its status and reason; the rest is scored."""
         if self.rank != 0:
             return {}
-        from tqdm.auto import tqdm
-
-        from selib.metrics import evaluate
+        from selib.inference import enhance_and_score
         best = Path(checkpoint) if checkpoint is not None else self.run_dir / "best.pt"
         if not best.is_file():
             raise FileNotFoundError(f"{best} not found; run fit() first (it writes best.pt).")
-        state = torch.load(best, map_location=self.device, weights_only=True)
-        model = models.build(self.cfg.model.family, self.cfg.model.preset, **self.cfg.model.overrides)
-        model.load_state_dict(state["model"])
-        model.to(self.device).eval()
-        test_set = self._dataset("test")
-        started = time.perf_counter()
-        items, audio_seconds = [], 0.0
-        for i in tqdm(range(len(test_set)), disable=not self.progress, desc="enhance test", leave=False):
-            item = test_set[i]
-            est = model(item["noisy"].to(self.device)[None])[0].float().cpu().numpy()
-            items.append((item["id"], est, item["clean"].numpy()))
-            audio_seconds += len(est) / model.sample_rate
-        enhance_seconds = time.perf_counter() - started
-        result = evaluate(items, metrics=tuple(self.cfg.eval.metrics), workers=self.cfg.eval.workers,
-                          csv_path=self.run_dir / "scores.csv")
+        model, _ = load_model(best, self.device, self.cfg.model.family, self.cfg.model.preset,
+                              self.cfg.model.overrides, fix="train this run again (delete its folder)")
+        state = load_checkpoint(best)
+        result, timing = enhance_and_score(model, self._dataset("test"), self.cfg.eval.metrics,
+                                           workers=self.cfg.eval.workers, csv_path=self.run_dir / "scores.csv",
+                                           progress=self.progress)
         summary = {
             "name": self.cfg.name, "summary": result.summary,
             "model": {"family": model.family, "preset": model.preset, "params": model.n_params},
             "checkpoint": {"path": str(best), "epoch": state["epoch"], "step": state["step"],
                            "valid_si_sdr": state["best"]},
             "timing": {"train_seconds": sum(r["seconds"] for r in state["history"]),
-                       "enhance_seconds": enhance_seconds, "test_audio_seconds": audio_seconds,
-                       "eval_seconds": time.perf_counter() - started - enhance_seconds},
+                       "enhance_seconds": timing["enhance_seconds"],
+                       "test_audio_seconds": timing["audio_seconds"], "eval_seconds": timing["eval_seconds"]},
             "history": self.history, "config": self.cfg.to_dict(),
         }
         (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
@@ -656,6 +644,41 @@ class Trainer:
             dist.destroy_process_group()
 
 
+def dry_run(config: Config | Mapping | str | Path, steps: int = 3) -> dict[str, Any]:
+    """Time ``steps`` training steps (after one warm-up step) on the present device and project the
+    time per epoch and for the whole run, without training or writing anything: the trainer works
+    in a temporary folder that is deleted. A batch that does not fit in GPU memory is a
+    :class:`ConfigError` naming ``data.batch_size`` (what ``selib train --dry-run`` prints)."""
+    import resource
+    import statistics
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(config, scratch)
+        device, times = trainer.device, []
+        batches = iter(trainer._loader(trainer.epoch, start=trainer.batch))
+        try:
+            for i in range(min(steps + 1, trainer.n_batches)):
+                batch = next(batches)
+                started = time.perf_counter()
+                trainer._train_step(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i:  # the first step warms up
+                    times.append(time.perf_counter() - started)
+        except torch.OutOfMemoryError as err:
+            raise ConfigError(f"data.batch_size = {trainer.cfg.data.batch_size} does not fit in the memory "
+                              f"of {device}; lower data.batch_size or train on a larger device.") from err
+        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        trainer.close()
+    step = statistics.median(times or [math.nan])
+    return {"device": str(device), "step_seconds": step, "steps_timed": len(times),
+            "batches_per_epoch": trainer.n_batches, "epoch_seconds": step * trainer.n_batches,
+            "total_steps": trainer.total_steps, "run_seconds": step * trainer.total_steps,
+            "peak_memory_bytes": peak}
+
+
 def run(config: Config | Mapping | str | Path, run_dir: str | Path | None = None,
         overrides: Mapping[str, Any] | list[str] | None = None, datasets: Mapping[str, Dataset] | None = None,
         test: bool = True) -> dict[str, Any]:
@@ -672,20 +695,11 @@ def run(config: Config | Mapping | str | Path, run_dir: str | Path | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m selib.train CONFIG [--run-dir DIR] [--set key=value ...] [--no-test]``."""
-    parser = argparse.ArgumentParser(prog="python -m selib.train", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="YAML config (see configs/)")
-    parser.add_argument("--run-dir", help="run folder (default runs/<name>-s<seed>)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.epochs=1 (repeatable)")
-    parser.add_argument("--no-test", action="store_true", help="fit only; skip the test split")
-    args = parser.parse_args(argv)
-    try:
-        run(args.config, args.run_dir, args.set, test=not args.no_test)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as err:    # ConfigError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    """``python -m selib.train CONFIG [--run-dir DIR] [--set key=value ...] [--no-test]``: the same
+    command, messages and exit codes as ``selib train``."""
+    from selib.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

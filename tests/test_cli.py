@@ -13,7 +13,8 @@ import soundfile as sf
 
 from selib import config, data, train
 
-COMMANDS = ["data", "train", "eval", "enhance", "run", "report", "profile", "quickstart"]
+COMMANDS = ["data", "train", "eval", "enhance", "export", "run", "report", "profile", "quickstart",
+            "teachers"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -69,6 +70,39 @@ def test_enhance_mixes_down_and_resamples(tmp_path, checkpoint):
     info = sf.info(str(dst))
     assert info.samplerate == 16000 and info.channels == 1
     assert info.frames == round(seconds * 16000)
+
+
+def test_enhance_stream_writes_the_offline_result(tmp_path, checkpoint):
+    src = tmp_path / "in.wav"
+    sf.write(src, 0.1 * np.random.default_rng(1).standard_normal(12_345), 16000)
+    outputs = {}
+    for mode in ("offline", "stream"):
+        dst = tmp_path / f"{mode}.wav"
+        out = selib("enhance", "--checkpoint", checkpoint, src, dst, *(["--stream"] if mode == "stream" else []))
+        assert out.returncode == 0, out.stderr
+        outputs[mode] = sf.read(dst, dtype="int16")[0]
+    assert outputs["stream"].shape == (12_345,)
+    assert np.abs(outputs["stream"].astype(int) - outputs["offline"]).max() <= 1  # one PCM step
+
+
+def test_train_dry_run_projects_and_writes_nothing(tmp_path, checkpoint):
+    corpus = checkpoint.parents[1] / "embedded"
+    run_dir = tmp_path / "run"
+    out = selib("train", REPO / "configs/smoke/dccrn-tiny-teacher.yaml", "--dry-run", "--run-dir", run_dir,
+                "--set", f"data.root={corpus}", "--set", "data.batch_size=1", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "per training step" in out.stdout and "min per epoch" in out.stdout and "h for the run" in out.stdout
+    assert not run_dir.exists() and list(tmp_path.iterdir()) == []  # nothing trained, nothing written
+
+
+@pytest.mark.slow
+def test_export_writes_torch_export_and_onnx_files(tmp_path, checkpoint):
+    out = selib("export", checkpoint, "--out", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "student.pt2").is_file() and (tmp_path / "student.onnx").is_file()
+    diffs = [float(word) for line in out.stdout.splitlines() if line.startswith("max |")
+             for word in line.replace(",", " ").split() if word[0].isdigit() and "e" in word]
+    assert len(diffs) == 4 and max(diffs) < 1e-4  # two formats x two lengths
 
 
 def test_enhance_stereo_without_mix_down_fails_clearly(tmp_path, checkpoint):

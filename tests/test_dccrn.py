@@ -3,7 +3,6 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from selib.audio import AudioError
 from selib.models import build, presets
 from selib.models.complex import ComplexConv2d, ComplexConvTranspose2d, ComplexLSTM, apply_mask
 
@@ -126,8 +125,6 @@ def test_bad_input_is_rejected():
     model = build("dccrn", "tiny-student")
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         model(torch.randn(100))
-    with pytest.raises(AudioError, match="NaN"):
-        model(torch.full((1, 100), float("nan")))
     with pytest.raises(ValueError, match="masking_mode"):
         build("dccrn", "tiny-student", masking_mode="X")
     with pytest.raises(ValueError, match="n_fft"):

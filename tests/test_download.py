@@ -218,3 +218,47 @@ def test_registry_names_and_manual_recipe(tmp_path):
     assert set(DATASETS["voicebank-test"].archives) < set(DATASETS["voicebank"].archives)
     # the full VB set is the 28-speaker training zips plus the test zips (§2 sizes: ≈5.2 GB)
     assert DATASETS["voicebank"].approx_bytes == 2300e6 + 2600e6 + 147e6 + 163e6
+
+
+def _tar_with(kind: str, wavs) -> bytes:
+    """A gzipped tar holding the WAVs and one symbolic or hard link."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, path in wavs.items():
+            t.add(path, name)
+        link = tarfile.TarInfo("clean_testset_wav/link.wav")
+        link.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+        link.linkname = "/etc/passwd" if kind == "symlink" else next(iter(wavs))
+        t.addfile(link)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind,what", [("symlink", "a symbolic link"), ("hardlink", "a hard link")])
+def test_tar_links_are_refused_before_anything_is_unpacked(server, wavs, tmp_path, kind, what):
+    entry = _entry(server, _tar_with(kind, wavs), filename="test.tar.gz")
+    with pytest.raises(DownloadError, match=rf"member 'clean_testset_wav/link\.wav' is {what}.*refuses") as err:
+        download(entry, tmp_path, progress=False)
+    assert "kept aside as" in str(err.value)
+    assert sorted(p.name for p in (tmp_path / "toyset").iterdir()) == ["test.tar.gz.corrupt"]
+
+
+def test_compressed_tar_is_verified_end_to_end_without_a_checksum(server, wavs, tmp_path):
+    """A flipped byte in the gzip trailer's CRC-32: every tar header still reads, the stream does not."""
+    data = bytearray(_archive(wavs, "tar.gz"))
+    data[-6] ^= 0xFF
+    entry = _entry(server, bytes(data), filename="test.tar.gz")
+    with pytest.raises(DownloadError, match=r"test\.tar\.gz: the gzip stream is damaged .*CRC"):
+        download(entry, tmp_path, progress=False)
+    assert sorted(p.name for p in (tmp_path / "toyset").iterdir()) == ["test.tar.gz.corrupt"]
+
+
+def test_unpacking_goes_through_a_staging_folder_that_is_gone_afterwards(server, wavs, tmp_path):
+    root = tmp_path / "toyset"
+    stale = root / ".test.tar.gz.unpacking"
+    (stale / "clean_testset_wav").mkdir(parents=True)
+    (stale / "clean_testset_wav" / "half.wav").write_bytes(b"left by a killed unpack")
+    entry = _entry(server, _archive(wavs, "tar.gz"), filename="test.tar.gz")
+    assert download(entry, tmp_path, progress=False) == root
+    assert sorted(p.name for p in root.iterdir()) == [".test.tar.gz.done", "clean_testset_wav"]
+    assert sorted(p.name for p in (root / "clean_testset_wav").iterdir()) == [
+        "p232_001.wav", "p232_002.wav", "p232_003.wav"]

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from selib.audio import AudioError
 from selib.models import build, presets
 
 PRESETS = sorted(presets("dpdcrn"))
@@ -88,7 +87,5 @@ def test_bad_input_is_rejected():
     model = build("dpdcrn", "tiny-student")
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         model(torch.randn(100))
-    with pytest.raises(AudioError, match="Inf"):
-        model(torch.full((1, 100), float("inf")))
     with pytest.raises(ValueError, match="heads"):
         build("dpdcrn", "tiny-student", channels=20)

@@ -96,3 +96,19 @@ def test_normalised_logits_mse_divides_by_the_teachers_energy_and_ignores_its_ga
     assert distiller(student, teacher, None, teacher)[1]["kd"] == pytest.approx(reference, rel=1e-5)
     with pytest.raises(ValueError, match="normalise is for logits-mse only"):
         kd.LogitKD("spec", normalise=True)
+
+
+def test_a_checkpoint_written_before_the_balance_and_cache_keys_existed_still_resumes(tmp_path):
+    cfg = load(BASE, {"optim.epochs": 2})
+    trainer = Trainer(cfg, tmp_path / "run", datasets=synthetic(4, 0.25))
+    trainer.fit()
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    del state["config"]["role"], state["kd_weight"]
+    for key in ("balance", "balance_batches", "balance_ratio"):
+        del state["config"]["kd"][key]
+    torch.save(state, tmp_path / "run" / "last.pt")
+    resumed = Trainer(load(BASE, {"optim.epochs": 3}), tmp_path / "run", datasets=synthetic(4, 0.25))
+    assert resumed.epoch == 2 and resumed.distiller.weight == 1.0
+    with pytest.raises(ValueError, match="kd.balance differ"):
+        Trainer(load(BASE, {"optim.epochs": 3, "kd.balance": "grad"}), tmp_path / "run",
+                datasets=synthetic(4, 0.25))

@@ -67,7 +67,7 @@ def test_cache_persists_across_processes_and_is_invalidated_when_the_teacher_cha
               "torch.save(out, sys.argv[4]); print(cache.hits, cache.misses)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", script, str(checkpoint), str(root), str(tmp_path / "noisy.pt"),
-                           str(tmp_path / "out.pt")], env=env, capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "out.pt")], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1", "0"]
     with torch.no_grad():

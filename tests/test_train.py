@@ -137,9 +137,9 @@ def test_schedulers_follow_their_formulas(tmp_path, scheduler, lrs):
 def test_command_line_reports_config_errors_without_a_traceback(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: {scheduler: cosin}\n")
-    assert main([str(bad), "--run-dir", str(tmp_path / "run")]) == 1
+    assert main([str(bad), "--run-dir", str(tmp_path / "run")]) == 2     # the exit code of selib train
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {bad}: optim.scheduler = 'cosin' is not valid") and "plateau" in err
+    assert err.startswith(f"selib train: error: {bad}: optim.scheduler = 'cosin' is not valid") and "plateau" in err
 
 
 def test_resuming_with_another_config_is_refused(tmp_path):

@@ -9,6 +9,8 @@ exactly the crops it would have seen. Lessons ``00_data_and_listening`` and
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -18,7 +20,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from selib.audio import AudioError, load, save
+from selib.audio import AudioError, check_waveform, load, save
 from selib.data.embedded import build_embedded, load_manifest
 from selib.data.mixing import LEVEL_RANGE, fit_length, snr_mix
 
@@ -63,6 +65,10 @@ class PairedDataset(Dataset, ABC):
     @abstractmethod
     def __len__(self) -> int: ...
 
+    def item_id(self, index: int) -> str:
+        """A name for item ``index`` that needs no audio (for reporting an item that cannot be read)."""
+        return f"item {index}"
+
     @abstractmethod
     def pair(self, index: int, rng: np.random.Generator) -> tuple[str, np.ndarray, np.ndarray]: ...
 
@@ -77,36 +83,66 @@ class PairedDataset(Dataset, ABC):
         start, length = self.crop(len(clean), rng)
         noisy, clean = (np.pad(x[start:start + length], (0, max(0, start + length - len(x))))
                         for x in (noisy, clean))
+        check_waveform(noisy, f"{item_id} (noisy)")    # data enters here: the models do not check
+        check_waveform(clean, f"{item_id} (clean)")
         return {"id": item_id, "noisy": torch.from_numpy(np.ascontiguousarray(noisy, np.float32)),
                 "clean": torch.from_numpy(np.ascontiguousarray(clean, np.float32))}
 
 
 class FilePairs(PairedDataset):
     """Noisy/clean pairs from files: ``pairs`` is a list of ``(id, noisy_path, clean_path)``.
-    With ``preload`` the 16-bit files are read into memory once (as int16, half the memory)."""
+    With ``preload`` the 16-bit files are read into memory once (as int16, half the memory);
+    ``checksums`` maps paths to their SHA-256 (the embedded manifest's), checked as they are read.
+    A file that cannot be read (or fails its checksum) raises when its item is asked for, not before,
+    so one damaged file does not hide the others."""
 
     def __init__(self, pairs: list[tuple[str, Path, Path]], segment_seconds=None, seed=0,
-                 preload=False):
+                 preload=False, checksums: dict[Path, str] | None = None):
         super().__init__(segment_seconds, seed)
-        self.pairs = pairs
-        self.cache = [tuple(_read_int16(p) for p in pair[1:]) for pair in pairs] if preload else None
+        self.pairs, self.checksums = pairs, checksums or {}
+        self.cache = [self._preload(pair[1:]) for pair in pairs] if preload else None
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def item_id(self, index: int) -> str:
+        return self.pairs[index][0]
+
+    def _preload(self, paths) -> tuple[np.ndarray, ...] | AudioError:
+        try:
+            return tuple(_read_int16(p, self.checksums.get(p)) for p in paths)
+        except AudioError as err:
+            return err
+
     def pair(self, index, rng):
         item_id, noisy, clean = self.pairs[index]
         if self.cache is not None:
+            if isinstance(self.cache[index], AudioError):
+                raise self.cache[index]
             return item_id, *(x.astype(np.float32) / 32768.0 for x in self.cache[index])
+        for path in (noisy, clean):
+            if path in self.checksums:
+                _read_int16(path, self.checksums[path])
         return item_id, load(noisy).numpy(), load(clean).numpy()
 
 
-def _read_int16(path: Path) -> np.ndarray:
-    info = sf.info(str(path))
-    if info.samplerate != SAMPLE_RATE or info.channels != 1 or info.subtype != "PCM_16":
-        raise AudioError(f"{path}: expected 16 kHz mono 16-bit PCM, got {info.samplerate} Hz, "
-                         f"{info.channels} channel(s), {info.subtype}; rebuild the corpus")
-    return sf.read(str(path), dtype="int16")[0]
+def _read_int16(path: Path, sha256: str | None = None) -> np.ndarray:
+    """A 16 kHz mono 16-bit PCM file as int16 samples, its bytes checked against ``sha256`` if given."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as err:
+        raise AudioError(f"{path}: cannot be read ({err.strerror}); rebuild the corpus") from None
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise AudioError(f"{path}: its SHA-256 differs from the corpus manifest (the file changed on disk); "
+                         "run selib data verify, then rebuild the corpus (delete its manifest.json)")
+    try:
+        info = sf.info(io.BytesIO(raw))
+        if info.samplerate != SAMPLE_RATE or info.channels != 1 or info.subtype != "PCM_16":
+            raise AudioError(f"{path}: expected 16 kHz mono 16-bit PCM, got {info.samplerate} Hz, "
+                             f"{info.channels} channel(s), {info.subtype}; rebuild the corpus")
+        return sf.read(io.BytesIO(raw), dtype="int16")[0]
+    except sf.LibsndfileError as err:
+        raise AudioError(f"{path}: cannot be read as audio ({err}); rebuild the corpus") from None
 
 
 class DNSMixtures(PairedDataset):
@@ -202,7 +238,9 @@ def _embedded(root: Path, split: str, limit, crop) -> FilePairs:
     if missing:
         raise DatasetMissing(f"{root}: {len(missing)} files of the manifest are missing (first: {missing[0]}); "
                              f"delete {root / 'manifest.json'} and call selib.data.build_embedded({str(root)!r})")
-    return FilePairs(pairs, preload=True, **crop)
+    checksums = {root / it[key]: it["sha256"][key] for it in items for key in ("noisy", "clean")
+                 if key in it.get("sha256", {})}
+    return FilePairs(pairs, preload=True, checksums=checksums, **crop)
 
 
 _VB_LAYOUT = """\

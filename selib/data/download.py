@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import shutil
 import sys
 import tarfile
@@ -282,8 +283,33 @@ def _verify(archive: Archive, path: Path, check_sums: bool) -> str:
     return sha.hexdigest()
 
 
+_COMPRESSED_TAR = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}
+
+
+def _read_compressed_to_end(path: Path) -> None:
+    """Decompress a .tar.gz/.bz2/.xz stream to its end, so that its own CRC is checked (tarfile
+    stops at the end-of-archive blocks and never reads the trailer that holds it)."""
+    import bz2
+    import gzip
+    import lzma
+
+    with open(path, "rb") as f:
+        head = f.read(6)
+    kind = next((k for magic, k in _COMPRESSED_TAR.items() if head.startswith(magic)), None)
+    if kind is None:
+        return
+    opener = {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}[kind]
+    try:
+        with opener(path, "rb") as stream:
+            while stream.read(_CHUNK):
+                pass
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as err:
+        raise DownloadError(f"{path}: the {kind} stream is damaged ({err}); run the download again.") from None
+
+
 def _members(path: Path) -> list[str]:
-    """Names inside a zip or tar archive, after checking the archive's integrity."""
+    """Names inside a zip or tar archive, after checking the archive's integrity end to end (every zip
+    member's CRC, a compressed tar's stream CRC) and that a tar holds only files and folders."""
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as z:
@@ -296,26 +322,52 @@ def _members(path: Path) -> list[str]:
                                 "Run the download again.")
         return names
     if tarfile.is_tarfile(path):
+        _read_compressed_to_end(path)
         try:
             with tarfile.open(path) as t:
-                return t.getnames()
-        except (tarfile.TarError, EOFError, OSError) as err:
+                members = t.getmembers()
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             raise DownloadError(f"{path}: the tar archive is damaged ({err}); run the download "
                                 "again.") from err
+        odd = [m for m in members if not (m.isfile() or m.isdir())]
+        if odd:
+            kind = "a symbolic link" if odd[0].issym() else "a hard link" if odd[0].islnk() else "a special file"
+            raise DownloadError(f"{path}: member {odd[0].name!r} is {kind}; selib unpacks only files and "
+                                "folders, so it refuses this archive (get it from the dataset's landing page).")
+        return [m.name for m in members]
     raise DownloadError(f"{path}: not a zip or tar archive (perhaps an HTML error page); check the "
                         "URL and run the download again.")
 
 
 def _unpack(path: Path, names: list[str], root: Path) -> None:
-    """Extract a verified zip or tar into ``root``, refusing members that would land outside it."""
+    """Extract a verified zip or tar into ``root``, refusing members that would land outside it.
+    Extraction goes to a hidden folder next to its destination that is moved into place only when
+    complete, so no partial unpack is ever left behind (a kill leaves the hidden folder, which the
+    next attempt clears)."""
     for name in names:
         parts = PurePosixPath(name.replace("\\", "/")).parts
         if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
             raise DownloadError(f"{path}: member {name!r} would be written outside {root}; "
                                 "refusing to unpack this archive.")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            z.extractall(root)
-    else:
-        with tarfile.open(path) as t:
-            t.extractall(root, filter="data")
+    staging = root / f".{path.name}.unpacking"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                z.extractall(staging)
+        else:
+            with tarfile.open(path) as t:
+                t.extractall(staging, filter="data")
+        _move_into(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into(source: Path, dest: Path) -> None:
+    """Move the content of folder ``source`` into ``dest``, merging folders that exist in both."""
+    for entry in sorted(source.iterdir()):
+        target = dest / entry.name
+        if entry.is_dir() and target.is_dir():
+            _move_into(entry, target)
+        else:
+            os.replace(entry, target)

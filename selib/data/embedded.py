@@ -90,7 +90,29 @@ def load_manifest(root: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no embedded corpus here; build it with "
                                 f"selib.data.build_embedded({str(Path(root))!r}) (takes seconds).")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: the corpus manifest is damaged ({err}); delete it and rebuild the "
+                         f"corpus with selib.data.build_embedded({str(Path(root))!r}).") from None
+
+
+def verify_embedded(root: str | Path = "data/embedded") -> tuple[int, list[str]]:
+    """Check every file of the corpus manifest against its SHA-256 (``selib data verify``); returns
+    the number of files checked and one line per missing or changed file."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    checked, problems = 0, []
+    for items in manifest["splits"].values():
+        for item in items:
+            for key, digest in item.get("sha256", {}).items():
+                path = root / item[key]
+                checked += 1
+                if not path.is_file():
+                    problems.append(f"{path}: missing")
+                elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                    problems.append(f"{path}: SHA-256 differs from the manifest (the file changed)")
+    return checked, problems
 
 
 def snr_by_id(root: str | Path, split: str = "test") -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 Written once here: the three layer norms of the Conv-TasNet paper (global ``gLN``, cumulative
 ``cLN``, channel-wise ``chLN``), the learned waveform encoder/decoder pair padded to its stride,
-dual-path chunking with overlap-add, and the mask activations.
+dual-path chunking with overlap-add, the mask activations, and the one way every model runs its
+recurrent layers (:func:`rnn_sequence`, which keeps the time axis dynamic under ``torch.export``).
 """
 from __future__ import annotations
 
@@ -127,3 +128,34 @@ def overlap_add(chunks: torch.Tensor, length: int) -> torch.Tensor:
     x = F.fold(chunks.reshape(batch, channels * size, n_chunks), output_size=(1, padded),
                kernel_size=(1, size), stride=(1, hop))
     return x.view(batch, channels, padded)[..., hop:hop + length]
+
+
+@torch.library.custom_op("selib::recurrent", mutates_args=())
+def _recurrent(x: torch.Tensor, weights: list[torch.Tensor], mode: str, bidirectional: bool) -> torch.Tensor:
+    """One batch-first LSTM/GRU layer (zero initial state) on ``[B, T, I]``: its output sequence."""
+    directions = 2 if bidirectional else 1
+    h0 = x.new_zeros(directions, x.shape[0], weights[1].shape[1])
+    run = {"LSTM": lambda: torch.lstm(x, (h0, h0), weights, True, 1, 0.0, False, bidirectional, True),
+           "GRU": lambda: torch.gru(x, h0, weights, True, 1, 0.0, False, bidirectional, True)}
+    return run[mode]()[0]
+
+
+@_recurrent.register_fake
+def _(x, weights, mode, bidirectional):
+    return x.new_empty(x.shape[0], x.shape[1], (2 if bidirectional else 1) * weights[1].shape[1])
+
+
+def rnn_sequence(rnn: nn.LSTM | nn.GRU, x: torch.Tensor) -> torch.Tensor:
+    """The output sequence ``[B, T, D * H]`` of a one-layer batch-first ``nn.LSTM``/``nn.GRU`` on ``[B, T, I]``.
+
+    Eagerly this is ``rnn(x)[0]``. Under ``torch.export`` the layer becomes one ``selib::recurrent``
+    operator, because export otherwise unrolls the recurrence over the example's time steps and the
+    exported model would accept that length only (lesson ``11_results_and_deployment``);
+    :mod:`selib.export` maps the operator to the ONNX ``LSTM``/``GRU`` operators.
+    """
+    if rnn.num_layers != 1 or not rnn.batch_first or not rnn.bias:
+        raise ValueError("rnn_sequence runs one-layer, batch-first recurrent layers with biases")
+    if torch.compiler.is_exporting():
+        weights = [w for layer in rnn.all_weights for w in layer]
+        return torch.ops.selib.recurrent(x, weights, rnn.mode, rnn.bidirectional)
+    return rnn(x)[0]

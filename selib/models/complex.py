@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from selib.models.blocks import rnn_sequence
+
 
 def _complex_apply(real: nn.Module, imag: nn.Module, x: torch.Tensor, dim: int) -> torch.Tensor:
     """``(A + iB)(x_r + i x_i)`` for ``x`` holding ``[x_r, x_i]`` along ``dim``; one call per layer."""
@@ -61,7 +63,7 @@ class LSTM(nn.Module):
         self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lstm(x)[0]
+        return rnn_sequence(self.lstm, x)
 
 
 class ComplexLSTM(nn.Module):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from selib.audio import STFT, check_waveform
+from selib.audio import STFT
 from selib.models.base import SEModel
 from selib.models.complex import (LSTM, MASK_MODES, ComplexConv2d, ComplexConvTranspose2d, ComplexLSTM,
                                   apply_mask)
@@ -96,7 +96,6 @@ class DCCRN(SEModel):
     def forward(self, noisy: torch.Tensor, return_features: bool = False):
         if noisy.dim() != 2:
             raise ValueError(f"DCCRN takes noisy waveforms [B, T], got shape {tuple(noisy.shape)}")
-        check_waveform(noisy, "DCCRN input")
         spec = self.stft(noisy).transpose(1, 2)  # [B, T', 257]
         x = torch.stack([spec.real, spec.imag], 1)[..., 1:]  # [B, 2, T', 256]: DC bin dropped
         encoder = []
@@ -118,7 +117,8 @@ class DCCRN(SEModel):
             x = block(_complex_cat(x, skip))[:, :, 1:]  # drop the first frame: one hop of look-ahead
             decoder.append(x)
         x = x.to(spec.real.dtype)  # under autocast the decoder may run in half precision
-        mask = F.pad(torch.complex(x[:, 0], x[:, 1]), (1, 0))  # DC bin re-padded with a zero mask
+        x = F.pad(x, (1, 0))  # DC bin re-padded with a zero mask (on real parts: ONNX has no complex pad)
+        mask = torch.complex(x[:, 0], x[:, 1])
         enhanced = self.stft.inverse(apply_mask(spec, mask, self.masking_mode).transpose(1, 2),
                                      noisy.shape[-1])
         if return_features:

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from selib.audio import STFT, check_waveform
+from selib.audio import STFT
 from selib.models.base import SEModel
-from selib.models.blocks import GlobalLayerNorm
+from selib.models.blocks import GlobalLayerNorm, rnn_sequence
 from selib.models.complex import apply_mask
 
 
@@ -58,7 +58,7 @@ class PathLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm_in(x)
         x = self.norm_attn(x + self.attention(y, y, y, need_weights=False)[0])
-        return self.norm_out(x + self.linear(F.relu(self.gru(x)[0])))
+        return self.norm_out(x + self.linear(F.relu(rnn_sequence(self.gru, x))))
 
 
 class DualPath(nn.Module):
@@ -129,7 +129,6 @@ class DPDCRN(SEModel):
     def forward(self, noisy: torch.Tensor, return_features: bool = False):
         if noisy.dim() != 2:
             raise ValueError(f"DPDCRN takes noisy waveforms [B, T], got shape {tuple(noisy.shape)}")
-        check_waveform(noisy, "DPDCRN input")
         spec = self.stft(noisy).transpose(1, 2)  # [B, T', 257]
         x = torch.stack([spec.real, spec.imag], 1)
         encoder = []

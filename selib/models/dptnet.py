@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from selib.models.base import SEModel
-from selib.models.blocks import GlobalLayerNorm, WaveCodec, chunk, mask_activation, overlap_add
+from selib.models.blocks import GlobalLayerNorm, WaveCodec, chunk, mask_activation, overlap_add, rnn_sequence
 
 
 class ImprovedTransformer(nn.Module):
@@ -32,7 +32,7 @@ class ImprovedTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x + self.attention(x, x, x, need_weights=False)[0])
-        return self.norm2(x + self.linear(F.relu(self.lstm(x)[0])))
+        return self.norm2(x + self.linear(F.relu(rnn_sequence(self.lstm, x))))
 
 
 class DPTNet(SEModel):

@@ -1,0 +1,239 @@
+"""Frame-by-frame enhancement with a causal student, lesson ``11_results_and_deployment``.
+
+A streamer takes the input in blocks of ``hop`` samples (``step(block [B, hop])`` returns the samples
+that became final, ``flush()`` the rest) and carries every piece of state the offline ``forward``
+keeps implicitly (the previous frames of causal convolutions, LSTM states, cumulative norm
+statistics, pending overlap-add samples). The concatenated output equals ``model(noisy)`` up to float rounding; the tests check it for each causal
+student. ``latency`` is the longest time, in samples, from an input sample's arrival to the output
+of its enhanced sample: the wait for its block to fill plus the model's look-ahead.
+
+Causal students: DCCRN (every preset) and Conv-TasNet built with ``causal=True`` (``paper-causal``).
+DPDCRN and DPTNet attend over the whole utterance and cannot stream.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+from torch.nn import functional as F
+
+from selib.models import SEModel
+from selib.models.blocks import ChannelLayerNorm, CumulativeLayerNorm
+from selib.models.complex import _complex_apply, apply_mask
+from selib.models.convtasnet import ConvTasNet
+from selib.models.dccrn import DCCRN, _complex_cat
+
+
+class _NormStep:
+    """One frame ``[B, C, 1]`` through cLN (with its running sums) or chLN (stateless)."""
+
+    def __init__(self, norm: torch.nn.Module):
+        if not isinstance(norm, (CumulativeLayerNorm, ChannelLayerNorm)):
+            raise ValueError(f"{type(norm).__name__} uses future frames and cannot stream; build the "
+                             "model with causal=True and norm cLN or chLN")
+        self.norm, self.sum, self.power, self.count = norm, 0.0, 0.0, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.norm, ChannelLayerNorm):
+            return self.norm(x)
+        self.count += x.shape[1]
+        self.sum = self.sum + x.sum(1, keepdim=True)
+        self.power = self.power + x.pow(2).sum(1, keepdim=True)
+        mean, power = self.sum / self.count, self.power / self.count
+        x = (x - mean) / torch.sqrt((power - mean.pow(2)).clamp_min(0) + self.norm.eps)
+        return x * self.norm.weight[:, None] + self.norm.bias[:, None]
+
+
+class ConvTasNetStreamer:
+    """Causal Conv-TasNet, one encoder frame (``L / 2`` samples) per step."""
+
+    def __init__(self, model):
+        if not model.causal:
+            raise ValueError("this Conv-TasNet is not causal (norm gLN); stream a model built with "
+                             "causal=True, e.g. the paper-causal preset")
+        self.model, codec = model, model.codec
+        self.hop = codec.stride
+        self.latency = codec.lookahead  # one block of wait + the other half of the window
+        self.previous = None  # the last input block: the first half of the next frame
+        self.input_norm = _NormStep(model.input_norm)
+        self.norms = [(_NormStep(b.norm_in), _NormStep(b.norm_d)) for b in model.blocks]
+        self.history = [None] * len(model.blocks)  # past inputs of each dilated depthwise conv
+        self.overlap = None  # the second half of the last decoded frame
+
+    def _frame(self, block: torch.Tensor) -> torch.Tensor:
+        """Encode, mask and decode one frame; returns the ``hop`` samples that became final."""
+        model, codec = self.model, self.model.codec
+        if self.previous is None:
+            self.previous = torch.zeros_like(block)
+            self.overlap = block.new_zeros(block.shape[0], self.hop)
+        frame = torch.cat([self.previous, block], -1)[:, None]  # [B, 1, L]
+        self.previous = block
+        enc = F.conv1d(frame, codec.encoder.weight)  # [B, N, 1]
+        enc = F.relu(enc) if codec.relu else enc
+        x = model.bottleneck(self.input_norm(enc))
+        skips = 0.0
+        for i, (tcn, (norm_in, norm_d)) in enumerate(zip(model.blocks, self.norms)):
+            y = norm_in(tcn.act_in(tcn.conv_in(x)))
+            past = self.history[i]
+            if past is None:
+                past = y.new_zeros(y.shape[0], y.shape[1], tcn.padding[0])
+            window = torch.cat([past, y], -1)
+            self.history[i] = window[..., 1:]
+            y = norm_d(tcn.act_d(tcn.dconv(window)))
+            if tcn.res_out is not None:
+                x = x + tcn.res_out(y)
+            skips = skips + tcn.skip_out(y)
+        mask = model.mask(model.output_conv(model.output_prelu(skips)))
+        samples = F.conv_transpose1d(enc * mask, codec.decoder.weight, stride=self.hop)[:, 0]  # [B, L]
+        final = self.overlap + samples[:, :self.hop]
+        self.overlap = samples[:, self.hop:]
+        return final
+
+    def step(self, block: torch.Tensor) -> torch.Tensor:
+        first = self.previous is None
+        final = self._frame(block)
+        return final[:, :0] if first else final  # the first frame's first half precedes sample 0
+
+    def flush(self) -> torch.Tensor:
+        return self._frame(torch.zeros_like(self.previous))
+
+
+class DCCRNStreamer:
+    """DCCRN, one STFT frame (``hop_length`` samples) per step; each of the ``depth`` decoder blocks
+    looks one frame ahead, so the mask of frame ``t`` is known after frame ``t + depth``."""
+
+    def __init__(self, model):
+        self.model, stft = model, model.stft
+        self.hop, self.n_fft, self.win = stft.hop_length, stft.n_fft, stft.win_length
+        self.depth = len(model.encoder)
+        self.left = stft._pads(0)[0]  # padded samples before sample 0 (center=False)
+        self.latency = (self.depth + 1) * self.hop + self.left - 1
+        self.window = stft._frame_window(torch.float32)
+        self.samples = None  # the last win input samples
+        self.encoder_inputs = [None] * self.depth  # the previous input frame of each encoder block
+        self.rnn_states = [dict() for _ in model.rnn]
+        self.decoder_inputs = [None] * self.depth  # the pending input frame of each decoder block
+        self.skips = [deque() for _ in range(self.depth)]  # encoder outputs waiting for their decoder
+        self.spectra = deque()  # noisy spectra waiting for their mask
+        self.ola = self.envelope = None
+        self.to_drop = self.left  # padded positions before sample 0 are never output
+        self.frames_in = self.blocks_in = 0
+        self.out = []
+
+    def _rnn(self, i: int, seq: torch.Tensor) -> torch.Tensor:
+        """Layer ``i`` of the middle LSTM on one frame ``[B, 1, features]``, carrying its states."""
+        rnn, states = self.model.rnn[i], self.rnn_states[i]
+
+        def stateful(name, lstm):
+            def run(x):
+                y, states[name] = lstm.lstm(x, states.get(name))
+                return y
+            return run
+
+        if hasattr(rnn, "real"):  # complex LSTM: real and imaginary LSTMs combined as a product
+            out = _complex_apply(stateful("real", rnn.real), stateful("imag", rnn.imag), seq, -1)
+            if not rnn.projection:
+                return out
+            real, imag = out.chunk(2, -1)
+            return torch.cat([rnn.proj_real(real), rnn.proj_imag(imag)], -1)
+        return stateful("lstm", rnn)(seq)
+
+    def _decode(self, level: int, frame: torch.Tensor) -> None:
+        """Give decoder block ``level`` its next input frame; it outputs the frame before it."""
+        pending, self.decoder_inputs[level] = self.decoder_inputs[level], frame
+        if pending is None:
+            return
+        x = self.model.decoder[level](torch.cat([pending, frame], 2))[:, :, 1:2]
+        if level + 1 < self.depth:
+            self._decode(level + 1, _complex_cat(x, self.skips[level + 1].popleft()))
+        else:
+            self._synthesise(x)
+
+    def _synthesise(self, x: torch.Tensor) -> None:
+        """Apply the mask of the oldest waiting frame and overlap-add it."""
+        model = self.model
+        x = F.pad(x.to(torch.float32), (1, 0))
+        mask = torch.complex(x[:, 0], x[:, 1])  # [B, 1, 257]
+        spec = apply_mask(self.spectra.popleft(), mask, model.masking_mode)
+        frame = torch.fft.irfft(spec, n=self.n_fft, dim=-1)[:, 0] * self.window
+        if self.ola is None:
+            self.ola = frame.new_zeros(frame.shape[0], self.n_fft)
+            self.envelope = frame.new_zeros(self.n_fft)
+        self.ola = self.ola + frame
+        self.envelope = self.envelope + self.window ** 2
+        env = self.envelope[:self.hop]
+        final = self.ola[:, :self.hop] / torch.where(env > 1e-11, env, torch.ones_like(env))
+        self.ola = F.pad(self.ola[:, self.hop:], (0, self.hop))
+        self.envelope = F.pad(self.envelope[self.hop:], (0, self.hop))
+        drop = min(self.to_drop, self.hop)
+        self.to_drop -= drop
+        self.out.append(final[:, drop:])
+
+    def _frame(self, block: torch.Tensor) -> None:
+        """Analyse one STFT frame (ending with ``block``) and run it through the network."""
+        model = self.model
+        if self.samples is None:
+            self.samples = block.new_zeros(block.shape[0], self.win)
+        self.samples = torch.cat([self.samples[:, self.hop:], block], -1)
+        offset = (self.n_fft - self.win) // 2
+        frame = F.pad(self.samples, (offset, self.n_fft - self.win - offset)) * self.window
+        spec = torch.fft.rfft(frame, dim=-1)[:, None]  # [B, 1, 257]
+        self.spectra.append(spec)
+        x = torch.stack([spec.real, spec.imag], 1)[..., 1:]  # [B, 2, 1, 256]
+        for i, block_module in enumerate(model.encoder):
+            previous = self.encoder_inputs[i]
+            previous = torch.zeros_like(x) if previous is None else previous
+            self.encoder_inputs[i] = x
+            x = block_module(torch.cat([previous, x], 2))
+            self.skips[self.depth - 1 - i].append(x)
+        batch, channels, _, bins = x.shape
+        seq = x.transpose(1, 2).reshape(batch, 1, channels * bins)
+        for i in range(len(model.rnn)):
+            seq = self._rnn(i, seq)
+        x = model.rnn_out(seq).reshape(batch, 1, channels, bins).transpose(1, 2)
+        self._decode(0, _complex_cat(x, self.skips[0].popleft()))
+        self.frames_in += 1
+
+    def _take(self) -> torch.Tensor:
+        out, self.out = self.out, []
+        return torch.cat(out, -1) if out else self.samples.new_zeros(self.samples.shape[0], 0)
+
+    def step(self, block: torch.Tensor) -> torch.Tensor:
+        self._frame(block)
+        self.blocks_in += 1
+        return self._take()
+
+    def flush(self) -> torch.Tensor:
+        stft = self.model.stft
+        # The offline STFT has frames past the last block (its zero padding) ...
+        for _ in range(stft.frames(self.blocks_in * self.hop) - self.frames_in):
+            self._frame(torch.zeros_like(self.samples[:, :self.hop]))
+        # ... and its decoder blocks see zero frames after the last one.
+        for level in range(self.depth):
+            self._decode(level, torch.zeros_like(self.decoder_inputs[level]))
+        # The overlap-add buffer holds the last frame's remaining samples.
+        final = self.ola / torch.where(self.envelope > 1e-11, self.envelope, torch.ones_like(self.envelope))
+        self.out.append(final[:, min(self.to_drop, final.shape[-1]):])
+        return self._take()
+
+
+def streamer(model: SEModel) -> DCCRNStreamer | ConvTasNetStreamer:
+    """The streamer of a causal model (eval mode); a clear error for models that cannot stream."""
+    model.eval()
+    if isinstance(model, DCCRN):
+        return DCCRNStreamer(model)
+    if isinstance(model, ConvTasNet):
+        return ConvTasNetStreamer(model)
+    raise ValueError(f"{type(model).__name__} is not causal and cannot stream; stream DCCRN or a "
+                     "Conv-TasNet built with causal=True (preset paper-causal)")
+
+
+def stream(model: SEModel, noisy: torch.Tensor) -> torch.Tensor:
+    """Enhance ``noisy [B, T]`` block by block; the same result as ``model(noisy)``."""
+    s = streamer(model)
+    length = noisy.shape[-1]
+    padded = F.pad(noisy, (0, (-length) % s.hop))
+    with torch.inference_mode():
+        out = [s.step(block) for block in padded.split(s.hop, -1)]
+        out.append(s.flush())
+    return torch.cat(out, -1)[:, :length]
