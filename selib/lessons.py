@@ -163,20 +163,17 @@ def _tested(run_dir: Path, config) -> bool:
 
 def test_summary(model, config: Mapping[str, Any]) -> dict[str, dict]:
     """``model`` scored on the test utterances of a lesson ``config`` (its dataset, ``data.test_limit``
-    and ``eval.metrics``), as :meth:`selib.train.Trainer.test` scores a student: the ``summary`` of
-    :func:`selib.metrics.evaluate`. ``model=None`` scores the noisy input itself."""
-    import torch
-
+    and ``eval.metrics``) with :func:`selib.inference.enhance_and_score`, as :meth:`selib.train.Trainer.test`
+    scores a student: the ``summary`` of the evaluation. ``model=None`` scores the noisy input itself."""
     from selib import data, metrics
+    from selib.inference import enhance_and_score
 
-    spec = config["data"]
+    spec, names, workers = config["data"], tuple(config["eval"]["metrics"]), config["eval"]["workers"]
     test = data.get_dataset(spec["name"], "test", root=spec["root"], limit=spec["test_limit"])
-    items = []
-    with torch.no_grad():
-        for item in test:
-            estimate = item["noisy"] if model is None else model(item["noisy"][None])[0]
-            items.append((item["id"], estimate.numpy(), item["clean"].numpy()))
-    return metrics.evaluate(items, metrics=tuple(config["eval"]["metrics"]), workers=config["eval"]["workers"]).summary
+    if model is not None:
+        return enhance_and_score(model, test, names, workers=workers)[0].summary
+    items = [(item["id"], item["noisy"].numpy(), item["clean"].numpy()) for item in test]
+    return metrics.evaluate(items, metrics=names, workers=workers).summary
 
 
 def print_summaries(rows: Mapping[str, Mapping[str, dict]], title: str = "") -> None:
