@@ -161,3 +161,22 @@ def result_chart(table, metric: str, ax=None, label: str = "name", paired: bool 
     ax.set_xticks(range(len(rows)), [r[label] for r in rows], rotation=40, ha="right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return ax
+
+
+def kd_training(scratch_history, kd_history, label: str = "KD", axes=None):
+    """Two panels of a KD run against its scratch student (lessons ``07_logit_kd`` to ``10_i2s_tfckd``):
+    the KD run's loss and its parts per epoch (``train_*``, without the DFKD split statistics and the
+    I²S-TFCKD calibration weights), and the validation SI-SDR of both runs against the step."""
+    kd_rows = _read_history(kd_history)
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(1, 2, figsize=(10, 3), layout="constrained")[1]
+    parts = [k for k in kd_rows[0] if k.startswith("train_") and "hz" not in k and "alpha" not in k]
+    training_curves(kd_rows, keys=parts, ax=axes[0], title=f"{label}: loss and its parts")
+    for name, rows in (("scratch", _read_history(scratch_history)), (label, kd_rows)):
+        axes[1].plot([r["step"] for r in rows], [r["valid_si_sdr"] for r in rows], marker="o", label=name)
+    axes[1].set(xlabel="step", ylabel="dB", title="validation SI-SDR")
+    axes[1].grid(alpha=0.3)
+    axes[1].legend()
+    return axes

@@ -19,13 +19,13 @@ TEACHERS = sorted((REPO / "configs/teachers").glob("*.yaml"))
 
 
 def test_configs_exist():
-    assert {p.parent.name for p in CONFIGS} == {"smoke", "course", "paper", "teachers"}
+    assert {p.parent.name for p in CONFIGS} == {"smoke", "course", "paper", "teachers", "lessons"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_loads_and_names_its_run(path):
     cfg = config.load(path)
-    prefix = "smoke-" if path.parent.name == "smoke" else ""
+    prefix = {"smoke": "smoke-", "lessons": "lesson-"}.get(path.parent.name, "")
     assert cfg.name == prefix + path.stem
     if cfg.teacher is not None:
         checkpoint = Path(cfg.teacher.checkpoint)
