@@ -105,6 +105,20 @@ def test_report_from_run_folders(runs, tmp_path):
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_roles_are_inferred_from_teacher_pointers_without_role_keys(tmp_path):
+    """A teacher without ``role:`` is recognised because a KD run points into its folder; a run
+    nobody points at stays a scratch student, whatever the order of the folders."""
+    from selib.config import load
+
+    teacher_dir, scratch_dir, kd_dir = (tmp_path / n for n in ("big-s0", "small-s0", "small-kd-s0"))
+    teacher = load(TEACHER, {"name": "big", "role": None})
+    scratch = load(TEACHER, {"name": "small", "role": None, "model.preset": "tiny-student"})
+    kd = load(STUDENT, {"name": "small-kd", "teacher.checkpoint": str(teacher_dir / "best.pt")})
+    roles = experiments.run_roles({kd_dir: kd, scratch_dir: scratch, teacher_dir: teacher})
+    assert roles == {teacher_dir: "teacher", scratch_dir: "scratch", kd_dir: "kd"}
+    assert experiments.run_roles({teacher_dir: teacher, scratch_dir: scratch})[teacher_dir] == "scratch"
+
+
 def test_plots_draw_on_given_axes():
     import matplotlib
 
