@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: setup quickstart teachers test lab notebooks bench exercises book
+.PHONY: setup quickstart teachers test test-fast lab notebooks bench exercises book
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 	$(BIN)/python -m pytest --nbval-lax -p no:randomly notebooks --ignore=notebooks/runs --ignore=notebooks/exercises
 	$(BIN)/python tools/course.py book
+
+# The inner loop: unit tests only (no `slow` end-to-end runs, no lesson execution, no book).
+test-fast: setup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" tests
 
 lab: setup
 	$(BIN)/jupyter lab notebooks

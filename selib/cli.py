@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from selib.runs import RunDir
+
 
 def _overrides(items: list[str] | None) -> dict:
     from selib.config import parse_overrides
@@ -92,9 +94,9 @@ def cmd_eval(args) -> None:
     dataset = data.get_dataset(name, args.split, root=root, limit=args.limit)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{name}-{args.split}"
     out.mkdir(parents=True, exist_ok=True)
+    files = RunDir(out)      # the scores and summary go by the names a run folder gives them
     result, _ = enhance_and_score(model, dataset, args.metrics or cfg["eval"]["metrics"],
-                                  workers=args.workers, csv_path=out / "scores.csv",
-                                  json_path=out / "metrics.json")
+                                  workers=args.workers, csv_path=files.scores, json_path=files.metrics)
     _print_summary(result.summary)
     failed = [row["id"] for row in result.rows if row[f"{result.metrics[0]}_status"] in
               ("unreadable", "nonfinite_output")]
@@ -213,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split",
                        description="Enhance a split with a checkpoint's model and score it.")
     p.add_argument("checkpoint", help="best.pt or last.pt of a run")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--data", choices=["embedded", "voicebank", "dns2020"],
-                   help="dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", default="test", help="train, valid or test (default: test)")
+    p.add_argument("--data", help="embedded, voicebank or dns2020 (default: the dataset the checkpoint "
+                                  "was trained on)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint config's)")
     p.add_argument("--limit", type=int, help="evaluate only the first N utterances")
     p.add_argument("--metrics", nargs="+", help="metrics (default: the config's eval.metrics)")

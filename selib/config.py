@@ -82,7 +82,9 @@ class Config(dict):
 
     def run_dir(self, root: str | Path = "runs") -> Path:
         """The default run folder, ``<root>/<name>-s<seed>``."""
-        return Path(root) / f"{self.name}-s{self.seed}"
+        from selib.runs import run_name
+
+        return Path(root) / run_name(self.name, self.seed)
 
 
 def load(source: str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | Iterable[str] | None = None
@@ -248,7 +250,7 @@ def _kd_methods(cfg):
     return list(METHODS)
 
 
-RULES: dict[str, Callable[[Any, dict], str | None]] = {
+CHECKS: dict[str, Callable[[Any, dict], str | None]] = {
     "name": _string(optional=True),
     "role": _choice([*ROLES, None]),
     "seed": _number(int, 0),
@@ -296,7 +298,7 @@ RULES: dict[str, Callable[[Any, dict], str | None]] = {
 
 
 def _validate(cfg: dict, where: str) -> None:
-    for key, check in RULES.items():
+    for key, check in CHECKS.items():
         section, _, leaf = key.rpartition(".")
         node = cfg[section] if section else cfg
         if node is None:        # teacher: null

@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from selib.checkpoints import load_model  # noqa: F401  (lessons import it from here)
+from selib.runs import DONE, RunDir, run_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NOTEBOOK = REPO_ROOT / "notebooks" / "runs" / "train.ipynb"
@@ -77,30 +78,84 @@ def _failure_reason(notebook: Path, log: Path, returncode: int) -> str:
 
 
 def run_one(config_path: str | Path, seed: int = 0, runs_root: str | Path = "runs",
-            overrides: dict | None = None, env: dict | None = None) -> dict:
-    """Execute the training notebook for one (config, seed); returns ``{"run_dir", "status",
-    "reason"}`` with status ``done``, ``skipped`` (metrics.json already there) or ``failed``."""
+            overrides: dict | None = None, env: dict | None = None, via: str = "papermill") -> dict:
+    """Train and test one (config, seed) into ``<runs_root>/<name>-s<seed>`` with :func:`execute`;
+    the teacher paths ``runs/...`` of the config are mapped onto ``runs_root``."""
     config_path, runs_root = Path(config_path), Path(runs_root)
-    overrides = {**_teacher_override(config_path, runs_root), **(overrides or {})}
-    run_dir = runs_root / f"{_run_name(config_path, overrides)}-s{seed}"
-    if (run_dir / "metrics.json").is_file():
-        return {"run_dir": run_dir, "status": "skipped", "reason": ""}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "FAILED").unlink(missing_ok=True)
-    params = run_dir / "params.yaml"
-    params.write_text(yaml.safe_dump({"config_path": str(config_path), "overrides": overrides,
-                                      "run_dir": str(run_dir), "seed": int(seed)}, sort_keys=False))
-    notebook, log = run_dir / "train.ipynb", run_dir / "papermill.log"
-    cmd = [sys.executable, "-m", "papermill", str(TRAIN_NOTEBOOK), str(notebook), "-f", str(params),
+    overrides = {**_teacher_override(config_path, runs_root), **(overrides or {}), "seed": int(seed)}
+    run = RunDir(runs_root / run_name(_run_name(config_path, overrides), seed))
+    return execute(config_path, run, via, overrides, env=env)
+
+
+def execute(config, run: RunDir, via: str = "process", overrides: dict | None = None,
+            checkpoint: str | Path | None = None, env: dict | None = None) -> dict:
+    """Execute one run into ``run``: the only place that skips, starts and records runs.
+
+    ``config`` is a YAML path or a :class:`~selib.config.Config` (with ``overrides``). ``via="process"``
+    trains and tests in this process (:func:`selib.train.run`; with ``checkpoint``, it only tests that
+    checkpoint, e.g. a shipped teacher); ``via="papermill"`` executes ``notebooks/runs/train.ipynb`` in a
+    papermill subprocess (with ``env``) and keeps the executed notebook. A finished run is skipped; a
+    failed one leaves ``FAILED`` with the reason and the log that holds the details (``error.log``, or
+    ``papermill.log`` next to the notebook) and does not stop the caller. Prints one line; returns
+    ``{"run_dir", "status", "reason"}`` with status ``done``, ``skipped`` or ``failed``.
+    """
+    if via not in EXECUTORS:
+        raise ValueError(f"via = {via!r}; choose one of {', '.join(EXECUTORS)}.")
+    if via == "papermill" and checkpoint is not None:
+        raise ValueError("via = 'papermill' trains the run; testing a given checkpoint runs in process.")
+    if run.status == DONE:
+        result = {"run_dir": run.path, "status": "skipped", "reason": ""}
+    else:
+        run.start()
+        reason = EXECUTORS[via](config, run, overrides or {}, checkpoint, env)
+        if reason is None and run.status != DONE:
+            reason = f"the run finished without writing {run.metrics.name}"
+            run.fail(reason, run.papermill_log if via == "papermill" else run.log)
+        result = {"run_dir": run.path, "status": "failed" if reason else "done", "reason": reason or ""}
+    print(f"[{result['status']}] {run.path}" + (f": {result['reason']}" if result["reason"] else ""), flush=True)
+    return result
+
+
+def _in_process(config, run: RunDir, overrides: dict, checkpoint, env) -> str | None:
+    """Train and test (or only test ``checkpoint``) in this process; the failure reason, else None."""
+    import traceback
+
+    from selib import train
+    from selib.config import load
+
+    try:
+        cfg = load(config, overrides)
+        if checkpoint is None:
+            train.run(cfg, run.path)
+        else:
+            train.Trainer(cfg, run.path).test(checkpoint)
+    except Exception as err:  # one failed run must not stop the comparison
+        run.error_log.write_text(traceback.format_exc())
+        reason = f"{type(err).__name__}: {err}"
+        run.fail(reason, run.error_log)
+        return reason
+    return None
+
+
+def _papermill(config, run: RunDir, overrides: dict, checkpoint, env) -> str | None:
+    """Execute the training notebook in a papermill subprocess; the failure reason, else None."""
+    if not isinstance(config, (str, Path)):
+        config = config.dump(run.config)
+    run.params.write_text(yaml.safe_dump({"config_path": str(config), "overrides": overrides,
+                                          "run_dir": str(run.path), "seed": int(overrides.get("seed", 0))},
+                                         sort_keys=False))
+    cmd = [sys.executable, "-m", "papermill", str(TRAIN_NOTEBOOK), str(run.notebook), "-f", str(run.params),
            "-k", "python3", "--log-output", "--no-progress-bar"]
-    with open(log, "w") as handle:
+    with open(run.papermill_log, "w") as handle:
         proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode == 0 and (run_dir / "metrics.json").is_file():
-        return {"run_dir": run_dir, "status": "done", "reason": ""}
-    reason = (_failure_reason(notebook, log, proc.returncode) if proc.returncode
-              else "the notebook finished without writing metrics.json")
-    (run_dir / "FAILED").write_text(f"reason: {reason}\nlog: {log}\nnotebook: {notebook}\n")
-    return {"run_dir": run_dir, "status": "failed", "reason": reason}
+    if proc.returncode == 0:
+        return None
+    reason = _failure_reason(run.notebook, run.papermill_log, proc.returncode)
+    run.fail(reason, run.papermill_log, notebook=run.notebook)
+    return reason
+
+
+EXECUTORS = {"process": _in_process, "papermill": _papermill}
 
 
 def run_configs(configs, runs_root: str | Path = "runs", seeds=(0,), overrides: dict | None = None,
@@ -111,15 +166,8 @@ def run_configs(configs, runs_root: str | Path = "runs", seeds=(0,), overrides: 
     env = {**os.environ, "SELIB_PROGRESS": "0"}  # the log and the notebook get plain lines
     if workers > 1:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-
-    def job(item):
-        result = run_one(item[0], item[1], runs_root, overrides, env)
-        line = f"[{result['status']}] {result['run_dir']}"
-        print(line + (f": {result['reason']}" if result["reason"] else ""), flush=True)
-        return result
-
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(job, jobs))
+        return list(pool.map(lambda job: run_one(*job, runs_root, overrides, env), jobs))
 
 
 def _expand(runs) -> list[Path]:
@@ -132,11 +180,10 @@ def _expand(runs) -> list[Path]:
         for path in matches:
             if not path.is_dir():
                 raise FileNotFoundError(f"{path}: no such run folder; pass run folders or a runs root.")
-            if (path / "params.yaml").is_file() or (path / "config.yaml").is_file():
+            if RunDir(path).is_run():
                 found.append(path)
             else:
-                found.extend(p for p in sorted(path.iterdir())
-                             if (p / "params.yaml").is_file() or (p / "config.yaml").is_file())
+                found.extend(p for p in sorted(path.iterdir()) if RunDir(p).is_run())
     return found
 
 
@@ -168,24 +215,19 @@ def _fmt_interval(mean: float, low: float, high: float, digits: int = 3) -> str:
 def _read_runs(runs) -> tuple[list[dict], list[dict], dict[Path, object]]:
     """(finished runs, failed or unfinished runs, every run's config) from run folders; a finished
     run is ``{"dir", "config", "metrics"}``. Configs go through :func:`selib.config.load`."""
-    from selib.config import load
-
     finished, failed, configs = [], [], {}
     for run_dir in _expand(runs):
-        reason = None
-        if (run_dir / "config.yaml").is_file():
+        run, reason = RunDir(run_dir), None
+        if run.config.is_file():
             try:
-                configs[run_dir] = load(run_dir / "config.yaml")
+                configs[run_dir] = run.read_config()
             except ValueError as err:
-                reason = f"config.yaml does not load: {err}"
-        if reason is None and run_dir in configs and (run_dir / "metrics.json").is_file():
-            finished.append({"dir": run_dir, "config": configs[run_dir],
-                             "metrics": json.loads((run_dir / "metrics.json").read_text())})
+                reason = f"{run.config.name} does not load: {err}"
+        if reason is None and run_dir in configs and run.status == DONE:
+            finished.append({"dir": run_dir, "config": configs[run_dir], "metrics": run.read_metrics()})
             continue
-        if reason is None:
-            reason = ((run_dir / "FAILED").read_text().splitlines()[0].removeprefix("reason: ")
-                      if (run_dir / "FAILED").is_file() else "unfinished (no metrics.json)")
-        failed.append({"run_dir": str(run_dir), "reason": reason, "log": str(run_dir / "papermill.log")})
+        log = run.error_log if run.error_log.is_file() else run.papermill_log
+        failed.append({"run_dir": str(run_dir), "reason": reason or run.failure(), "log": str(log)})
     return finished, failed, configs
 
 
@@ -221,7 +263,7 @@ def run_roles(configs: dict[Path, object]) -> dict[Path, str]:
 
 def _scores(run_dir: Path) -> dict[str, dict[str, float]]:
     """Per-utterance scores of a run's ``scores.csv``: metric -> {utterance id: value} (status ok only)."""
-    path = run_dir / "scores.csv"
+    path = RunDir(run_dir).scores
     if not path.is_file():
         return {}
     with open(path, newline="") as handle:
@@ -491,7 +533,7 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
     """
     import shutil
 
-    from selib import data, teachers, train
+    from selib import data, teachers
     from selib.config import load
 
     runs_root, data_override = Path(runs_root), {"data.root": str(data_root)}
@@ -505,11 +547,10 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
             teacher_config = teachers.CONFIGS / f"{checkpoint.stem}.yaml"
             print(f"{checkpoint}: not shipped; training it from {teacher_config} (make teachers)", flush=True)
             teachers.ship(teacher_config, checkpoint.parent, runs_root / "teachers", data_override)
-        record = json.loads(checkpoint.with_suffix(".json").read_text())
-        cfg = load(record["config"], data_override)
-        _attempt(cfg.run_dir(runs_root), lambda run_dir: train.Trainer(cfg, run_dir).test(checkpoint))
+        cfg = load(teachers.record(checkpoint)["config"], data_override)
+        execute(cfg, RunDir.of(cfg, runs_root), "process", checkpoint=checkpoint)
     for cfg, _ in students:
-        _attempt(cfg.run_dir(runs_root), lambda run_dir: train.run(cfg, run_dir))
+        execute(cfg, RunDir.of(cfg, runs_root), "process")
     table = report(runs_root, runs_root)
     print((runs_root / "report.md").read_text(), flush=True)
     if results is not None:
@@ -517,23 +558,3 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
         for path in sorted(runs_root.glob("report*")):
             shutil.copy2(path, Path(results) / path.name)
     return table
-
-
-def _attempt(run_dir: Path, work) -> None:
-    """``work(run_dir)`` unless the run has its ``metrics.json``; a failure leaves ``FAILED`` (reason)
-    and ``error.log`` (traceback) in the run folder and does not stop the caller."""
-    import traceback
-
-    if (run_dir / "metrics.json").is_file():
-        print(f"[skipped] {run_dir}", flush=True)
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "FAILED").unlink(missing_ok=True)
-    try:
-        work(run_dir)
-    except Exception as err:  # one failed run must not stop the comparison
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        (run_dir / "FAILED").write_text(f"reason: {type(err).__name__}: {err}\nlog: {run_dir / 'error.log'}\n")
-        print(f"[failed] {run_dir}: {err}", flush=True)
-        return
-    print(f"[done] {run_dir}", flush=True)

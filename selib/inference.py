@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import torch
 
+from selib.audio import SAMPLE_RATE
+
 CHUNK_SECONDS = 5.0     # about 50 MB of activations for the tiny DCCRN student
 OVERLAP_SECONDS = 1.0   # 0.25 s of context each side, 0.5 s cross-fade
 QUANTUM = 1024  # chunk starts are multiples of this, so STFT frames fall where a whole-file pass puts them
@@ -44,7 +46,7 @@ def enhance(model: torch.nn.Module, noisy: torch.Tensor, chunk_seconds: float = 
             overlap_seconds: float = OVERLAP_SECONDS) -> torch.Tensor:
     """The model's output ``[T]`` (float32, on the CPU) for a mono waveform ``[T]``, computed chunk by
     chunk for inputs longer than ``chunk_seconds``; raises :class:`ModelOutputError` on NaN/Inf output."""
-    rate = getattr(model, "sample_rate", 16000)
+    rate = getattr(model, "sample_rate", SAMPLE_RATE)
     chunk, overlap = _samples(chunk_seconds, rate), _samples(overlap_seconds, rate)
     if not (0 <= 2 * overlap <= chunk and chunk > 0):
         raise ValueError(f"need 0 <= 2 * overlap <= chunk, got {overlap_seconds} s and {chunk_seconds} s "
@@ -112,7 +114,7 @@ def enhance_and_score(model: torch.nn.Module, dataset, metrics: Sequence[str], w
             items.append({"id": item["id"], "status": "nonfinite_output", "reason": str(err)})
             continue
         items.append((item["id"], estimate.numpy(), item["clean"].numpy()))
-        audio_seconds += len(estimate) / getattr(model, "sample_rate", 16000)
+        audio_seconds += len(estimate) / getattr(model, "sample_rate", SAMPLE_RATE)
     enhance_seconds = time.perf_counter() - started
     result = evaluate(items, metrics=metrics, workers=workers, csv_path=csv_path, json_path=json_path)
     return result, {"enhance_seconds": enhance_seconds, "audio_seconds": audio_seconds,

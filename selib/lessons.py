@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+from selib.runs import RunDir
+
 TEACHERS_DIR = Path("teachers")          # the shipped course teachers (``make teachers``)
 LESSON_CONFIGS = Path("configs/lessons")  # the lesson budgets
 LESSON_RUNS = Path("runs/lessons")        # where lessons cache their runs
@@ -77,11 +79,11 @@ def course_teacher(family: str, teachers_dir: str | Path = TEACHERS_DIR, runs_di
             raise FileNotFoundError(f"{shipped}: no course teacher, and no stand-in budget {budget}; run "
                                     "`make teachers` or use a family with a lesson budget "
                                     f"({', '.join(sorted(p.stem[:-8] for p in LESSON_CONFIGS.glob('*-teacher.yaml')))}).")
-        run_dir = Path(runs_dir) / f"{family}-teacher"
-        print(f"NOTE: {shipped} is missing, so this lesson trains a small stand-in teacher into {run_dir} "
+        run = RunDir(Path(runs_dir) / f"{family}-teacher")
+        print(f"NOTE: {shipped} is missing, so this lesson trains a small stand-in teacher into {run.path} "
               f"({budget}). Its results are not those of the course teacher: run `make teachers` first.")
-        train.Trainer(load(budget, overrides), run_dir).fit()
-        checkpoint = run_dir / "best.pt"
+        train.Trainer(load(budget, overrides), run.path).fit()
+        checkpoint = run.best
         note = "a stand-in for the course teacher"
     model, config = load_model(checkpoint)
     model.requires_grad_(False)
@@ -145,7 +147,7 @@ def train_scratch_and_kd(family: str, method: str, teacher_checkpoint: str | Pat
         trainer.fit()
         if not _tested(run_dir, config):
             trainer.test()
-        results[role] = json.loads((run_dir / "metrics.json").read_text())
+        results[role] = RunDir(run_dir).read_metrics()
     return results
 
 
@@ -153,11 +155,11 @@ def _tested(run_dir: Path, config) -> bool:
     """Whether the run's ``metrics.json`` is the test of its current ``best.pt`` with this config."""
     import torch
 
-    path = run_dir / "metrics.json"
-    if not path.is_file():
+    run = RunDir(run_dir)
+    if not run.metrics.is_file():
         return False
-    metrics = json.loads(path.read_text())
-    best_step = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["step"]
+    metrics = run.read_metrics()
+    best_step = torch.load(run.best, map_location="cpu", weights_only=True)["step"]
     return metrics["config"] == config.to_dict() and metrics["checkpoint"]["step"] == best_step
 
 

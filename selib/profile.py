@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.flop_counter import FlopCounterMode
 
+from selib.audio import SAMPLE_RATE
 from selib.models.base import FAMILIES, build, presets as family_presets
 
 _RNN_GATES = {nn.LSTM: 4, nn.GRU: 3}
@@ -84,7 +85,7 @@ def profile_model(model: nn.Module, seconds: float = 1.0, runs: int = 3) -> dict
     """``dict(params, macs_per_second, rtf)`` of a waveform model on ``seconds`` of audio at its rate."""
     if seconds <= 0 or runs < 1:
         raise ValueError(f"profile_model needs seconds > 0 and runs >= 1, got seconds={seconds}, runs={runs}")
-    rate = getattr(model, "sample_rate", 16000)
+    rate = getattr(model, "sample_rate", SAMPLE_RATE)
     device = next(model.parameters()).device
     wav = torch.randn(1, max(1, round(seconds * rate)), generator=torch.Generator().manual_seed(0)).to(device)
     duration = wav.shape[-1] / rate

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from selib.runs import RunDir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs" / "teachers"
 FOLDER = REPO_ROOT / "teachers"
@@ -51,6 +53,14 @@ def validation_files_sha256(dataset) -> str | None:
     return digest.hexdigest()
 
 
+def record(checkpoint: str | Path) -> dict:
+    """The record written next to a shipped teacher ``<name>.pt``: ``<name>.json``."""
+    path = Path(checkpoint).with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no record next to the teacher {checkpoint}; `make teachers` writes both.")
+    return json.loads(path.read_text())
+
+
 def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | Path = "runs/teachers",
          overrides=None) -> dict:
     """Train one teacher config and write ``<folder>/<name>.pt`` and its record ``<folder>/<name>.json``;
@@ -64,9 +74,9 @@ def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | 
     if cfg.kd.method != "none":
         raise ConfigError(f"{config_path}: kd.method = {cfg.kd.method!r}; a shipped teacher trains without KD "
                           "(kd.method: none, teacher: null).")
-    run_dir = cfg.run_dir(runs_root)
-    train.run(cfg, run_dir, test=False)      # resumes an interrupted run; a finished one trains no more
-    state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+    run = RunDir.of(cfg, runs_root)
+    train.run(cfg, run.path, test=False)     # resumes an interrupted run; a finished one trains no more
+    state = torch.load(run.best, map_location="cpu", weights_only=True)
     model = models.build(cfg.model.family, cfg.model.preset, **cfg.model.overrides)
     model.load_state_dict(state["model"])
     model.eval()

@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from selib import kd, models
 from selib.checkpoints import load_checkpoint, load_model, save_checkpoint
 from selib.config import Config, ConfigError, load
+from selib.runs import RunDir
 
-SPLIT_BIN_HZ = 31.25   # DFKD split histogram resolution: one bin of the 512-point STFT at 16 kHz
 
 
 class TrainingDiverged(RuntimeError):
@@ -199,7 +199,8 @@ class Trainer:
     def __init__(self, config: Config | Mapping | str | Path, run_dir: str | Path,
                  datasets: Mapping[str, Dataset] | None = None):
         self.cfg = config if isinstance(config, Config) else load(config)
-        self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.path
         self.rank, self.world, self.device = _init_distributed(self.cfg.device)
         self.progress = progress_enabled() and self.rank == 0
         self._datasets = dict(datasets or {})
@@ -246,7 +247,7 @@ class Trainer:
         self.objective = self.local_objective = _Objective(self.student, self.distiller)
         self._resume()
         if self.rank == 0:
-            cfg.dump(self.run_dir / "config.yaml")
+            cfg.dump(self.run.config)
         if self.world > 1:
             has_own = len(self.params) > sum(1 for _ in self.student.parameters())
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -301,8 +302,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _new_running(self) -> dict[str, Any]:
-        return {"n": 0, "sums": {}, "split_hist": torch.zeros(int(8000 / SPLIT_BIN_HZ) + 1, dtype=torch.long),
-                "seconds": 0.0, "grad_norms": None}
+        return {"n": 0, "sums": {}, "kd_counts": {}, "seconds": 0.0, "grad_norms": None}
 
     def _state(self) -> dict[str, Any]:
         rng = rng_state()
@@ -319,28 +319,28 @@ class Trainer:
                 "history": self.history, "running": self.running, "world_size": self.world,
                 "kd_weight": self.distiller.weight, "config": self.cfg.to_dict()}
 
-    def save(self, name: str = "last.pt") -> Path:
-        """Write a checkpoint atomically (rank 0; every rank must call it under DDP)."""
+    def save(self, path: Path) -> Path:
+        """Write a checkpoint (``self.run.last`` or ``.best``) atomically (rank 0; every rank must call
+        it under DDP)."""
         if not all(torch.isfinite(p).all() for p in self.params):
             raise TrainingDiverged(f"the weights hold NaN/Inf after step {self.step}; {self._last_good()} "
                                    "Train again in a new run folder with a lower optim.lr or optim.grad_clip.")
-        state, path = self._state(), self.run_dir / name
+        state = self._state()
         if self.rank == 0:
             save_checkpoint(state, path)
         return path
 
     def _last_good(self) -> str:
-        path = self.run_dir / "last.pt"
+        path = self.run.last
         if not path.is_file():
             return "no checkpoint was written before it."
         step = load_checkpoint(path)["step"]
         return f"the last good checkpoint is {path} (step {step})."
 
     def _resume(self) -> None:
-        path = self.run_dir / "last.pt"
+        path, best = self.run.last, self.run.best
         if not path.is_file():
             return
-        best = self.run_dir / "best.pt"
         fix = ("delete it to start this run again" + (f", or copy {best} over it to resume from the best "
                                                       "epoch" if best.is_file() else ""))
         state = load_checkpoint(path, fix=fix)    # on the CPU: load_state_dict moves it
@@ -418,7 +418,7 @@ class Trainer:
             if every and self.step % every == 0:
                 self.running["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
-                self.save("last.pt")
+                self.save(self.run.last)
             if self.step >= self.total_steps:
                 break
         bar.close()
@@ -520,10 +520,9 @@ class Trainer:
         running["n"] += 1
         for key, value in parts.items():
             running["sums"][key] = running["sums"].get(key, 0.0) + float(value)
-        split_hz = getattr(self.distiller, "last_split_hz", None)
-        if split_hz is not None:
-            bins = (split_hz / SPLIT_BIN_HZ).round().long().clamp(0, len(running["split_hist"]) - 1)
-            running["split_hist"] += torch.bincount(bins, minlength=len(running["split_hist"]))
+        counts = running.setdefault("kd_counts", {})    # a checkpoint from before it had none
+        for name, step in self.distiller.step_counts().items():
+            counts[name] = counts[name] + step if name in counts else step
 
     def _set_train(self, mode: bool) -> None:
         self.objective.train(mode)
@@ -548,11 +547,11 @@ class Trainer:
             self.best = valid
         self.history.append(record)
         self.epoch, self.batch, self.running = self.epoch + 1, 0, self._new_running()
-        self.save("last.pt")
+        self.save(self.run.last)
         if improved:
-            self.save("best.pt")
+            self.save(self.run.best)
         if self.rank == 0:
-            (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+            self.run.history.write_text(json.dumps(self.history, indent=1))
         shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items()  # I²S alphas: history.json only
                           if isinstance(v, float) and "alpha" not in k)
         self._log(f"epoch {record['epoch']}/{cfg.optim.epochs} step {self.step}: {shown}"
@@ -562,10 +561,11 @@ class Trainer:
         running = self.running
         names = sorted(running["sums"])
         stats = torch.tensor([running["n"]] + [running["sums"][k] for k in names], dtype=torch.float64)
-        hist = running["split_hist"].clone()
+        counts = {name: c.clone() for name, c in sorted(running.get("kd_counts", {}).items())}
         if self.world > 1:
             dist.all_reduce(stats)
-            dist.all_reduce(hist)
+            for total in counts.values():
+                dist.all_reduce(total)
         out = {f"train_{k}": float(v / max(stats[0], 1)) for k, v in zip(names, stats[1:])}
         if self.teacher is not None:
             out["kd_weight"] = self.distiller.weight
@@ -573,11 +573,7 @@ class Trainer:
             se_norm, kd_norm = running["grad_norms"]
             out.update(grad_se_norm=se_norm, grad_kd_norm=kd_norm,
                        grad_ratio=self.distiller.weight * kd_norm / se_norm if se_norm > 0 else math.inf)
-        if hist.sum() > 0:
-            cdf = hist.cumsum(0).double() / hist.sum()
-            for q in (0.1, 0.5, 0.9):
-                out[f"split_hz_q{int(q * 100)}"] = float(torch.searchsorted(cdf, q).item() * SPLIT_BIN_HZ)
-            out["split_hz_hist"] = hist.tolist()
+        out.update(self.distiller.epoch_summary(counts))
         return out
 
     @torch.no_grad()
@@ -602,14 +598,14 @@ class Trainer:
         if self.rank != 0:
             return {}
         from selib.inference import enhance_and_score
-        best = Path(checkpoint) if checkpoint is not None else self.run_dir / "best.pt"
+        best = Path(checkpoint) if checkpoint is not None else self.run.best
         if not best.is_file():
-            raise FileNotFoundError(f"{best} not found; run fit() first (it writes best.pt).")
+            raise FileNotFoundError(f"{best} not found; run fit() first (it writes the best checkpoint).")
         model, _ = load_model(best, self.device, self.cfg.model.family, self.cfg.model.preset,
                               self.cfg.model.overrides, fix="train this run again (delete its folder)")
         state = load_checkpoint(best)
         result, timing = enhance_and_score(model, self._dataset("test"), self.cfg.eval.metrics,
-                                           workers=self.cfg.eval.workers, csv_path=self.run_dir / "scores.csv",
+                                           workers=self.cfg.eval.workers, csv_path=self.run.scores,
                                            progress=self.progress)
         summary = {
             "name": self.cfg.name, "summary": result.summary,
@@ -621,7 +617,7 @@ class Trainer:
                        "test_audio_seconds": timing["audio_seconds"], "eval_seconds": timing["eval_seconds"]},
             "history": self.history, "config": self.cfg.to_dict(),
         }
-        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=float))
+        self.run.metrics.write_text(json.dumps(summary, indent=1, default=float))
         self._log("test: " + ", ".join(f"{k} {v['mean']:.4g}" for k, v in result.summary.items()))
         return summary
 
@@ -630,7 +626,7 @@ class Trainer:
         """One line to ``run_dir/train.log`` and to stdout (rank 0 only)."""
         if self.rank != 0:
             return
-        with open(self.run_dir / "train.log", "a") as log:
+        with open(self.run.log, "a") as log:
             log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
         if self.progress:
             from tqdm.auto import tqdm

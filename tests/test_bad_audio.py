@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +14,7 @@ from selib import metrics
 from selib.audio import AudioError, check_output_path, load, resample, save
 from selib.data.datasets import FilePairs
 
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from bad_input import file_size_limit, flip_byte  # noqa: E402
+from bad_input import file_size_limit, flip_byte
 
 
 def _wav_bytes(rate: int = 16000, bits: int = 16, fmt: int = 1, data: bytes = b"\0\1" * 1600,

@@ -4,7 +4,6 @@ what to do, never with torch's advice to load it with weights_only=False."""
 from __future__ import annotations
 
 import os
-import sys
 import zipfile
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import torch
 from selib import models
 from selib.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
 
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from bad_input import assert_one_line_error, file_size_limit, flip_byte, run_selib, write_checkpoint  # noqa: E402
+from bad_input import assert_one_line_error, file_size_limit, flip_byte, run_selib, write_checkpoint
 
 
 class _Payload:

@@ -3,15 +3,13 @@ YAML, unknown or wrong-typed model options. Each is a ConfigError naming the fil
 and the valid choices; through the command line it is one line on stderr and exit status 2."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 from selib.config import ConfigError, load, parse_overrides
 
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from bad_input import assert_one_line_error, run_selib  # noqa: E402
+from bad_input import assert_one_line_error, run_selib
 
 
 def _config(tmp_path, text: str) -> Path:

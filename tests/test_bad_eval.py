@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +15,12 @@ from selib.audio import AudioError
 from selib.data import load_manifest
 from selib.inference import ModelOutputError, enhance, enhance_and_score
 
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from bad_input import (assert_one_line_error, flip_byte, limit_file_size, run_selib,  # noqa: E402
+from bad_input import (assert_one_line_error, flip_byte, limit_file_size, run_selib,
                        write_checkpoint, write_corpus, write_speech_like)
+
+
+# The module fixtures build real corpora and runs: one worker builds them once (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("bad_eval")
 
 
 @pytest.fixture(scope="module")

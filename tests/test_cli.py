@@ -47,6 +47,10 @@ def test_bad_config_is_a_clean_error(tmp_path):
     assert "huge" in out.stderr and "tiny-student" in out.stderr  # names the value and the choices
 
 
+# The module fixtures build real corpora and runs: one worker builds them once (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("cli")
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A real best.pt from one training step of the smoke teacher on a tiny embedded corpus."""

@@ -48,16 +48,6 @@ def test_every_preset_matches_the_closed_form(preset):
     assert build("dccrn", preset).n_params == expected
 
 
-@pytest.mark.parametrize("preset, batch, length", [("tiny-student", 1, 1), ("tiny-student", 3, 99),
-                                                  ("paper-c", 1, 1601)])
-def test_output_has_input_length(preset, batch, length):
-    model = build("dccrn", preset).eval()
-    with torch.no_grad():
-        out = model(0.1 * torch.randn(batch, length))
-    assert out.shape == (batch, length)
-    assert torch.isfinite(out).all()
-
-
 @pytest.mark.parametrize("preset", ["tiny-teacher", "paper-e"])
 def test_features_by_stage(preset):
     model = build("dccrn", preset).eval()
@@ -87,17 +77,6 @@ def test_lookahead_declared():
 def causal_model():
     torch.manual_seed(0)
     return build("dccrn", "tiny-student", n_fft=512, hop_length=100, win_length=400).double().eval()
-
-
-def test_future_input_leaves_earlier_outputs_unchanged(causal_model):
-    lookahead, t = causal_model.lookahead, 3054
-    noisy = 0.3 * torch.randn(1, 6000, dtype=torch.float64)
-    changed = noisy.clone()
-    changed[:, t + 1:] += torch.randn(6000 - t - 1, dtype=torch.float64)
-    with torch.no_grad():
-        before, after = causal_model(noisy), causal_model(changed)
-    assert (before[:, :t - lookahead + 1] - after[:, :t - lookahead + 1]).abs().max() <= 1e-13
-    assert (before[:, t - lookahead + 200:] - after[:, t - lookahead + 200:]).abs().max() > 1e-6
 
 
 def test_lookahead_is_tight(causal_model):

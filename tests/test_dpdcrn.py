@@ -47,16 +47,6 @@ def test_every_preset_matches_the_closed_form(preset):
     assert _stage_params(build("dpdcrn", preset)) == closed_form_params(kwargs["channels"], kwargs["layers"])
 
 
-@pytest.mark.parametrize("preset, batch, length", [("tiny-student", 1, 1), ("tiny-student", 3, 255),
-                                                  ("paper-teacher", 1, 1601)])
-def test_output_has_input_length(preset, batch, length):
-    model = build("dpdcrn", preset).eval()
-    with torch.no_grad():
-        out = model(0.1 * torch.randn(batch, length))
-    assert out.shape == (batch, length)
-    assert torch.isfinite(out).all()
-
-
 @pytest.mark.parametrize("preset", ["tiny-teacher", "paper-student"])
 def test_features_by_stage(preset):
     model = build("dpdcrn", preset).eval()
@@ -69,18 +59,6 @@ def test_features_by_stage(preset):
     assert [f.shape for f in feats["encoder"]] == [(2, C, T, 129), (2, C, T, 64), (2, C, T, 64)]
     assert [f.shape for f in feats["middle"]] == [(2, C, T, 64)] * layers
     assert [f.shape for f in feats["decoder"]] == [(2, C, T, 64), (2, C, T, 129), (2, 2, T, 257)]
-
-
-def test_declared_non_causal_and_it_is():
-    torch.manual_seed(0)
-    model = build("dpdcrn", "tiny-student").double().eval()
-    assert model.causal is False and model.lookahead is None
-    noisy = 0.3 * torch.randn(1, 8000, dtype=torch.float64)
-    changed = noisy.clone()
-    changed[:, -1000:] += 1.0
-    with torch.no_grad():
-        before, after = model(noisy), model(changed)
-    assert (before[:, :1000] - after[:, :1000]).abs().max() > 1e-6  # the start hears the end
 
 
 def test_bad_input_is_rejected():

@@ -105,6 +105,26 @@ def test_report_from_run_folders(runs, tmp_path):
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_in_process_runs_leave_the_files_papermill_runs_leave(runs):
+    """One executor, two ways to run: the same run files on success, and on failure a FAILED whose
+    reason names the missing teacher and whose log holds the traceback."""
+    runs_root, _ = runs
+    other = runs_root.parent / "in-process"
+    overrides = {"data.root": str(runs_root.parent / "embedded")}
+    results = [experiments.run_one(config, 1, other, overrides, via="process") for config in (STUDENT, TEACHER)]
+    assert [r["status"] for r in results] == ["failed", "done"]
+    papermill_only = {"params.yaml", "train.ipynb", "papermill.log"}
+    for name in ("smoke-dccrn-tiny-teacher-s1", "smoke-dccrn-tiny-dfkd-s1"):
+        by_papermill = {p.name for p in (runs_root / name).iterdir()} - papermill_only
+        in_process = {p.name for p in (other / name).iterdir()} - {"error.log"}
+        assert in_process == by_papermill, name
+    failed = (other / "smoke-dccrn-tiny-dfkd-s1" / "FAILED").read_text()
+    assert failed.startswith("reason: FileNotFoundError: teacher checkpoint")
+    assert "Traceback" in Path(failed.split("log: ")[1].splitlines()[0]).read_text()
+    again = experiments.run_one(TEACHER, 1, other, overrides, via="process")
+    assert again["status"] == "skipped"
+
+
 def test_roles_are_inferred_from_teacher_pointers_without_role_keys(tmp_path):
     """A teacher without ``role:`` is recognised because a KD run points into its folder; a run
     nobody points at stays a scratch student, whatever the order of the folders."""

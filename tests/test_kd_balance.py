@@ -3,8 +3,6 @@ here independently, the logged gradient ratio, and the energy-normalised ``logit
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +12,7 @@ from selib import kd, models
 from selib.config import load
 from selib.train import EpochBatches, Trainer
 
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from runner import synthetic  # noqa: E402
+from runner import synthetic
 
 BASE = {"seed": 0, "data": {"segment_seconds": 0.25, "batch_size": 2},
         "model": {"family": "dccrn", "preset": "tiny-student"},

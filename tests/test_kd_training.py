@@ -19,6 +19,10 @@ from selib.models import build as build_model
 BATCH, SEGMENT, WINDOW = 4, 4000, 4  # 0.25-s segments; compare means over 4 steps (2 of each batch)
 
 
+# The module fixtures build real corpora and runs: one worker builds them once (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("kd_training")
+
+
 @pytest.fixture(scope="module")
 def batches(tmp_path_factory):
     root = build_embedded(tmp_path_factory.mktemp("embedded"), seed=0, n_train=2 * BATCH, n_valid=1, n_test=1,

@@ -15,6 +15,7 @@ import torch
 
 from selib import data, lessons, models, train
 from selib.config import load
+import reference  # tests/helpers: independent numpy references
 
 REPO = Path(__file__).resolve().parents[1]
 # Every run of this module: a few steps on half-second segments, scored with SI-SDR only.
@@ -135,23 +136,19 @@ def test_scratch_and_kd_students_share_the_budget(stand_in, budget, tmp_path, mo
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
 
 
-def _si_sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
-    """SI-SDR in numpy, written from its definition (Le Roux et al., 2019), zero-mean signals."""
-    estimate, reference = estimate - estimate.mean(), reference - reference.mean()
-    target = (estimate @ reference) / (reference @ reference) * reference
-    return float(10 * np.log10((target @ target) / ((estimate - target) @ (estimate - target))))
+
 
 
 def test_test_summary_scores_the_noisy_input_and_a_model(budget, stand_in, capsys):
     config = load(REPO / "configs/lessons/dpdcrn-student.yaml", budget)
     items = list(data.get_dataset("embedded", "test", root=budget["data.root"], limit=2))
     noisy = lessons.test_summary(None, config)
-    expected = np.mean([_si_sdr(it["noisy"].double().numpy(), it["clean"].double().numpy()) for it in items])
+    expected = np.mean([reference.si_sdr(it["noisy"].double().numpy(), it["clean"].double().numpy()) for it in items])
     assert noisy["si_sdr"]["n_total"] == 2 and noisy["si_sdr"]["mean"] == pytest.approx(expected, abs=1e-3)
     teacher = stand_in[0]
     with torch.no_grad():
         outputs = [teacher(it["noisy"][None])[0].double().numpy() for it in items]
-    expected = np.mean([_si_sdr(out, it["clean"].double().numpy()) for out, it in zip(outputs, items)])
+    expected = np.mean([reference.si_sdr(out, it["clean"].double().numpy()) for out, it in zip(outputs, items)])
     scored = lessons.test_summary(teacher, config)
     assert scored["si_sdr"]["mean"] == pytest.approx(expected, abs=1e-3)
     lessons.print_summaries({"noisy input": noisy, "teacher": scored})

@@ -38,6 +38,10 @@ def _write_run(root: Path, config: dict, seed: int, scores: dict[str, dict[str, 
     return run_dir
 
 
+# The module fixtures build real corpora and runs: one worker builds them once (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("report")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Teacher, scratch and one KD student (3 seeds each) with random known scores, and a failed run."""

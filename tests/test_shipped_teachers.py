@@ -16,16 +16,13 @@ import yaml
 
 from selib import models
 from selib.data import build_embedded, get_dataset
+import reference  # tests/helpers: independent numpy references
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE_DB = 1e-3
 
 
-def _si_sdr(est: np.ndarray, ref: np.ndarray) -> float:
-    """Zero-mean SI-SDR in dB (float64), written out here as the reference."""
-    est, ref = est - est.mean(), ref - ref.mean()
-    target = (est @ ref) / (ref @ ref) * ref
-    return float(10 * np.log10((target @ target) / ((est - target) @ (est - target))))
+
 
 
 def check_teachers(folder: Path) -> list[str]:
@@ -57,7 +54,7 @@ def check_teachers(folder: Path) -> list[str]:
             assert digest.hexdigest() == record["valid"]["files_sha256"], \
                 f"{name}: the validation files differ from those it was measured on; rebuild the corpus"
         with torch.no_grad():
-            scores = [_si_sdr(model(item["noisy"][None])[0].double().numpy(), item["clean"].double().numpy())
+            scores = [reference.si_sdr(model(item["noisy"][None])[0].double().numpy(), item["clean"].double().numpy())
                       for item in (valid[i] for i in range(len(valid)))]
         assert len(scores) == record["valid"]["n_utterances"]
         assert abs(np.mean(scores) - record["valid"]["si_sdr"]) <= TOLERANCE_DB, \

@@ -14,8 +14,7 @@ from selib import kd, models
 from selib.config import load
 from selib.train import Trainer
 
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from runner import synthetic  # noqa: E402
+from runner import synthetic
 
 BATCH, LENGTH = 4, 4000
 

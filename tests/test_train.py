@@ -19,8 +19,8 @@ from selib.config import load
 from selib.data import build_embedded, get_dataset
 from selib.train import EpochBatches, Trainer, TrainingDiverged, main, progress_enabled, run
 
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from runner import synthetic  # noqa: E402
+from runner import synthetic
+import reference  # tests/helpers: independent numpy references
 
 HELPER = Path(__file__).parent / "helpers" / "runner.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SELIB_PROGRESS": "0"}
@@ -189,11 +189,7 @@ def test_teacher_stays_frozen_during_distillation(tmp_path):
     assert sum(record["split_hz_hist"]) > 0 and 0 <= record["split_hz_q50"] <= 8000
 
 
-def _si_sdr(est: np.ndarray, ref: np.ndarray) -> float:
-    """Zero-mean SI-SDR in dB, written out here as an independent reference."""
-    est, ref = est - est.mean(), ref - ref.mean()
-    target = (est @ ref) / (ref @ ref) * ref
-    return 10 * np.log10((target @ target) / ((est - target) @ (est - target)))
+
 
 
 def test_run_writes_the_run_folder_and_test_scores_the_best_checkpoint(tmp_path, corpus):
@@ -211,7 +207,7 @@ def test_run_writes_the_run_folder_and_test_scores_the_best_checkpoint(tmp_path,
     model.eval()
     test_set = [get_dataset("embedded", "test", root=corpus)[i] for i in range(2)]
     with torch.no_grad():
-        scores = [_si_sdr(model(item["noisy"][None])[0].numpy().astype(np.float64),
+        scores = [reference.si_sdr(model(item["noisy"][None])[0].numpy().astype(np.float64),
                           item["clean"].numpy().astype(np.float64)) for item in test_set]
     assert result["summary"]["si_sdr"]["mean"] == pytest.approx(np.mean(scores), abs=1e-3)
     with open(run_dir / "scores.csv") as f:

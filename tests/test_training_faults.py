@@ -2,7 +2,6 @@
 checkpoints, and the one training command line (``selib train`` = ``python -m selib.train``)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,16 @@ from selib.checkpoints import CheckpointError
 from selib.config import load
 from selib.train import Trainer
 
-sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from bad_input import assert_one_line_error, flip_byte, run_selib, write_checkpoint  # noqa: E402
-from runner import synthetic  # noqa: E402
+from bad_input import assert_one_line_error, flip_byte, run_selib, write_checkpoint
+from runner import synthetic
 
 BASE = {"seed": 0, "data": {"segment_seconds": 0.25, "batch_size": 4},
         "model": {"family": "convtasnet", "preset": "tiny-student"},
         "optim": {"epochs": 1, "max_steps": 2, "checkpoint_every": 0}, "eval": {"metrics": ["si_sdr"], "workers": 1}}
+
+
+# The module fixtures build real corpora and runs: one worker builds them once (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("training_faults")
 
 
 @pytest.fixture(scope="module")

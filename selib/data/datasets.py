@@ -20,13 +20,11 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from selib.audio import AudioError, check_waveform, load, save
-from selib.data.embedded import build_embedded, load_manifest
+from selib.audio import SAMPLE_RATE, AudioError, check_waveform, load, save
+from selib.data.embedded import SPLITS, build_embedded, load_manifest
 from selib.data.mixing import LEVEL_RANGE, fit_length, snr_mix
 
-SAMPLE_RATE = 16000
 NAMES = ("embedded", "voicebank", "dns2020")
-SPLITS = ("train", "valid", "test")
 VB_VALID_SPEAKERS = ("p226", "p287")
 VB_FOLDERS = {"train": ("noisy_trainset_28spk_wav", "clean_trainset_28spk_wav"),
               "test": ("noisy_testset_wav", "clean_testset_wav")}

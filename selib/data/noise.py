@@ -12,11 +12,10 @@ import numpy as np
 import scipy.signal
 import torch
 
-from selib.audio import STFT
+from selib.audio import SAMPLE_RATE, STFT
 from selib.data.mixing import fit_length
 
 NOISE_TYPES = ("white", "pink", "brown", "speech", "babble", "hum", "fan")
-SAMPLE_RATE = 16000
 _LTAS_STFT = STFT(n_fft=512, hop_length=256)
 
 

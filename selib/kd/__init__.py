@@ -74,6 +74,19 @@ class Distiller(nn.Module):
         """DFKD's split frequencies (Hz, 1-D) of the last batch, for histograms; None without DFKD."""
         return self.terms["dfkd"].last_split_hz if "dfkd" in self.terms else None
 
+    def step_counts(self) -> dict[str, torch.Tensor]:
+        """Counts a term keeps about the last batch (DFKD: frames per split bin), by term name; a
+        trainer sums them over an epoch (and over processes) and passes them to :meth:`epoch_summary`."""
+        counts = {name: getattr(term, "step_counts", lambda: None)() for name, term in self.terms.items()}
+        return {name: c for name, c in counts.items() if c is not None}
+
+    def epoch_summary(self, counts: dict[str, torch.Tensor]) -> dict:
+        """The history entries each term makes of its summed :meth:`step_counts`."""
+        out = {}
+        for name, total in counts.items():
+            out.update(self.terms[name].epoch_summary(total))
+        return out
+
     def forward(self, student_out: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor | None = None,
                 teacher_out: torch.Tensor | None = None, student_features: dict | None = None,
                 teacher_features: dict | None = None) -> tuple[torch.Tensor, dict[str, float]]:

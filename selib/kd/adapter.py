@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from selib.audio import SAMPLE_RATE
+
 RULES = ("max-slope", "energy", "fixed")
 
 
@@ -27,7 +29,7 @@ class FrequencyAdapter(nn.Module):
     """
 
     def __init__(self, rule: str = "max-slope", rho: float = 0.9, cutoff_hz: float = 1000.0,
-                 n_fft: int = 512, sample_rate: int = 16000, eps: float = 1e-8):
+                 n_fft: int = 512, sample_rate: int = SAMPLE_RATE, eps: float = 1e-8):
         super().__init__()
         if rule not in RULES:
             raise ValueError(f"unknown Frequency Adapter rule {rule!r}; choose one of {list(RULES)}")

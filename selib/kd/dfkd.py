@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from selib.audio import STFT
+from selib.audio import SAMPLE_RATE, STFT
 from selib.kd.adapter import FrequencyAdapter
 
 SPECTRA = ("complex", "magnitude")
@@ -41,7 +41,9 @@ class DFKDLoss(nn.Module):
     """``loss(student_out [B, L], teacher_out [B, L]) -> (KD, parts)`` with parts ``low``, ``high``,
     ``split_hz_mean``; the teacher side (its STFT and the split) carries no gradient.
 
-    ``last_split_hz`` holds the split frequencies (Hz, 1-D, CPU) of the last batch for histograms.
+    ``last_split_hz`` holds the split frequencies (Hz, 1-D, CPU) of the last batch;
+    :meth:`step_counts` and :meth:`epoch_summary` turn them into the epoch's split histogram
+    (lesson ``08_dfkd``).
     """
 
     needs_features = False
@@ -49,7 +51,7 @@ class DFKDLoss(nn.Module):
     def __init__(self, rule: str = "max-slope", beta: float = 0.5, low_weight: float = 1.0,
                  high_weight: float = 1.0, rho: float = 0.9, cutoff_hz: float = 1000.0, n_fft: int = 512,
                  hop_length: int = 128, win_length: int | None = None, window: str = "hann",
-                 sample_rate: int = 16000, eps: float = 1e-8, spectrum: str = "complex",
+                 sample_rate: int = SAMPLE_RATE, eps: float = 1e-8, spectrum: str = "complex",
                  frame_weighting: str = "uniform"):
         super().__init__()
         if not 0.0 <= beta <= 1.0:
@@ -62,6 +64,7 @@ class DFKDLoss(nn.Module):
         self.stft = STFT(n_fft, hop_length, win_length, window)
         self.adapter = FrequencyAdapter(rule, rho, cutoff_hz, n_fft, sample_rate, eps)
         self.beta, self.low_weight, self.high_weight, self.eps = beta, low_weight, high_weight, eps
+        self.last_split: torch.Tensor | None = None
         self.last_split_hz: torch.Tensor | None = None
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, student_features=None,
@@ -78,10 +81,28 @@ class DFKDLoss(nn.Module):
         mse_high = ((teacher_spec.abs() - student_spec.abs()) * high).pow(2).mean()
         loss_high = self.beta * cos_high + (1.0 - self.beta) * mse_high
         split_hz = self.adapter.split_hz(split)
+        self.last_split = split.flatten().cpu()
         self.last_split_hz = split_hz.flatten().float().cpu()
         parts = {"low": float(loss_low.detach()), "high": float(loss_high.detach()),
                  "split_hz_mean": float(split_hz.mean())}
         return self.low_weight * loss_low + self.high_weight * loss_high, parts
+
+    def step_counts(self) -> torch.Tensor | None:
+        """How many frames of the last batch split at each STFT bin (``n_fft // 2 + 1`` counts)."""
+        if self.last_split is None:
+            return None
+        return torch.bincount(self.last_split.long(), minlength=self.adapter.n_fft // 2 + 1)
+
+    def epoch_summary(self, counts: torch.Tensor) -> dict:
+        """``split_hz_q10/_q50/_q90`` (Hz) and ``split_hz_hist`` (counts per bin) of an epoch's summed
+        :meth:`step_counts`."""
+        if counts.sum() == 0:
+            return {}
+        cdf = counts.cumsum(0).double() / counts.sum()
+        out = {f"split_hz_q{int(q * 100)}": float(torch.searchsorted(cdf, q).item() * self.adapter.bin_hz)
+               for q in (0.1, 0.5, 0.9)}
+        out["split_hz_hist"] = counts.tolist()
+        return out
 
     def _over_frames(self, distance: torch.Tensor, teacher_spec: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
         """Per-frame distances ``[B, T]`` to one number: the plain mean, or (``frame_weighting="energy"``)

@@ -1,0 +1,6 @@
+"""Test-wide set-up: ``tests/helpers`` (independent references, test-only data, the training runner)
+is importable from every test module."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
