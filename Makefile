@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: setup
-	$(BIN)/selib quickstart --results benchmarks/results/quickstart
+	$(BIN)/selib quickstart --jobs 2 --results benchmarks/results/quickstart
 
 # The shipped course teachers: trains configs/teachers/*.yaml, writes teachers/<name>.pt and .json.
 teachers: setup

@@ -5,7 +5,7 @@ of the largest one, and a sampler adds up the proportional set size (PSS: shared
 between the processes that map them) of the whole process tree once a second, which is what a memory
 limit such as Binder's counts.
 
-    python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--runs-root runs] [--results DIR]
+    python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--jobs 2] [--runs-root runs] [--results DIR]
 
 Targets on 2 CPU cores: under 30 minutes and under 2 GB resident memory. The figures are printed and
 appended to ``benchmarks/results/quickstart.jsonl``.
@@ -57,13 +57,14 @@ def _pss_mib(pids: list[int]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="students at once (make quickstart: 2)")
     parser.add_argument("--runs-root", default="runs")
     parser.add_argument("--data-root", default="data/embedded")
     parser.add_argument("--results", default="benchmarks/results/quickstart",
                         help="where the quick start copies its report (as make quickstart does)")
     args = parser.parse_args()
     cmd = [sys.executable, "-m", "selib", "quickstart", "--runs-root", args.runs_root, "--data-root",
-           args.data_root, "--seeds", *map(str, args.seeds), "--results", args.results]
+           args.data_root, "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs), "--results", args.results]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=HERE.parent)
     peak_pss, done = [0.0], threading.Event()
@@ -82,7 +83,7 @@ def main() -> int:
     figures = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "exit_code": code, "wall_s": round(wall, 1),
                "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "peak_total_pss_mib": round(peak_pss[0], 1),
-               "seeds": args.seeds, "threads": os.environ.get("OMP_NUM_THREADS"),
+               "seeds": args.seeds, "jobs": args.jobs, "threads": os.environ.get("OMP_NUM_THREADS"),
                "cores": len(os.sched_getaffinity(0)),
                "load_avg_1min_at_end": round(os.getloadavg()[0], 2), "machine": platform.machine()}
     print(f"quick start: exit {code}, wall {wall / 60:.1f} min, CPU {figures['cpu_s'] / 60:.1f} min, "

@@ -181,7 +181,9 @@ def cmd_profile(args) -> None:
 def cmd_quickstart(args) -> None:
     from selib import experiments
 
-    experiments.quickstart(args.runs_root, args.seeds, args.data_root, results=args.results)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: must be at least 1.")
+    experiments.quickstart(args.runs_root, args.seeds, args.data_root, results=args.results, jobs=args.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs-root", default="runs")
     p.add_argument("--data-root", default="data/embedded")
+    p.add_argument("--jobs", type=int, default=1, help="students trained at once, in worker processes "
+                   "that share the CPU threads (make quickstart: 2)")
     p.add_argument("--results", help="also copy the report files here (make quickstart: "
                    "benchmarks/results/quickstart)")
     p.set_defaults(func=cmd_quickstart)

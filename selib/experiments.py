@@ -517,7 +517,8 @@ def _write_chart(table, metric_names, path: Path) -> None:
 
 
 def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str | Path = "data/embedded",
-               configs_dir: str | Path = COURSE_CONFIGS, results: str | Path | None = None) -> list[dict]:
+               configs_dir: str | Path = COURSE_CONFIGS, results: str | Path | None = None,
+               jobs: int = 1) -> list[dict]:
     """What ``make quickstart`` runs: build the embedded corpus, score the course teachers, train every
     course student config for each seed, then print and write the report to ``<runs_root>/report.md``
     (and copy the ``report*`` files to ``results``, e.g. ``benchmarks/results/quickstart``).
@@ -525,11 +526,13 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
     The students' teachers are shipped checkpoints (``teacher.checkpoint: teachers/<name>.pt`` with its
     record ``<name>.json``; :mod:`selib.teachers`); a missing one is trained first from
     ``configs/teachers/<name>.yaml``. Each teacher is scored on the test split, with the config of its
-    record, into ``<name>-s0``: the run folder the report takes as the teacher row. The runs train one after another in this process,
-    into the same run folders ``selib run`` writes (without the executed notebook): a papermill kernel
-    per run would add seconds and a second process's memory to each run. A failed run leaves a
-    ``FAILED`` file and the others go on; finished runs are skipped, so an interrupted quick start
-    resumes.
+    record, into ``<name>-s0``: the run folder the report takes as the teacher row. The students train
+    in process (:func:`execute`, ``via="process"``), into the same run folders ``selib run`` writes
+    (without the executed notebook: a papermill kernel per run would add seconds and memory to each
+    run): one after another, or with ``jobs > 1`` that many at once in worker processes, each with an
+    equal share of the CPU threads (tiny models use one thread poorly, so two one-thread runs on two
+    cores finish sooner than two two-thread runs in turn). A failed run leaves a ``FAILED`` file and the
+    others go on; finished runs are skipped, so an interrupted quick start resumes.
     """
     import shutil
 
@@ -549,8 +552,16 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
             teachers.ship(teacher_config, checkpoint.parent, runs_root / "teachers", data_override)
         cfg = load(teachers.record(checkpoint)["config"], data_override)
         execute(cfg, RunDir.of(cfg, runs_root), "process", checkpoint=checkpoint)
-    for cfg, _ in students:
-        execute(cfg, RunDir.of(cfg, runs_root), "process")
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _set_threads, (threads,)) as pool:
+            list(pool.map(_execute_student, [(cfg.to_dict(), str(runs_root)) for cfg, _ in students]))
+    else:
+        for cfg, _ in students:
+            execute(cfg, RunDir.of(cfg, runs_root), "process")
     table = report(runs_root, runs_root)
     print((runs_root / "report.md").read_text(), flush=True)
     if results is not None:
@@ -558,3 +569,20 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
         for path in sorted(runs_root.glob("report*")):
             shutil.copy2(path, Path(results) / path.name)
     return table
+
+
+def _set_threads(threads: int) -> None:
+    """Worker start-up: ``threads`` torch and BLAS threads."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def _execute_student(job: tuple[dict, str]) -> dict:
+    """One quick-start student in a worker process (:func:`quickstart` with ``jobs > 1``)."""
+    from selib.config import load
+
+    config, runs_root = job
+    cfg = load(config)
+    return execute(cfg, RunDir.of(cfg, runs_root), "process")

@@ -184,7 +184,7 @@ def test_quickstart_scores_the_shipped_teacher_and_pairs_each_kd_student_with_it
         "teacher": {"family": "dccrn", "preset": "tiny-teacher", "cache": True,
                     "checkpoint": str(shipped / "tiny-teacher.pt")}}))
     runs_root, results = tmp_path / "runs", tmp_path / "results"
-    experiments.quickstart(runs_root, seeds=(0, 1), data_root=corpus, configs_dir=course, results=results)
+    experiments.quickstart(runs_root, seeds=(0, 1), data_root=corpus, configs_dir=course, results=results, jobs=2)
 
     # The shipped teacher is scored, not trained again; every student trained for both seeds.
     assert (runs_root / "tiny-teacher-s0" / "metrics.json").is_file()
