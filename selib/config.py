@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-# Beyond the CONTRACTS.md schema: device; optim.step_size (epochs) and gamma for the step scheduler,
+# Beyond the docs/CONTRACTS.md schema: device; optim.step_size (epochs) and gamma for the step scheduler,
 # gamma (factor) and patience (epochs) for plateau (on validation SI-SDR); optim.checkpoint_every: steps
 # between last.pt saves (0: only at epoch ends); teacher.overrides (model constructor overrides);
 # role (teacher | student, for reports; null: inferred); teacher.cache and teacher.cache_dir (the

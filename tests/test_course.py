@@ -49,13 +49,16 @@ def make_repo(tmp_path: Path) -> Path:
     (tmp_path / "book" / "_toc.yml").write_text(yaml.safe_dump({
         "format": "jb-book", "root": "notebooks/README",
         "chapters": [{"file": "notebooks/00_lesson"}, {"file": "notebooks/01_plain"},
-                     {"file": "notebooks/course_quiz"}, {"file": "binder/README"}, {"file": "docs/kd"}]}))
+                     {"file": "notebooks/course_quiz"}, {"file": "binder/README"}, {"file": "docs/kd"},
+                     {"file": "docs/models"}, {"file": "docs/metrics"}, {"file": "docs/datasets"}]}))
     (tmp_path / "notebooks" / "README.md").write_text("# Lessons\n\n[The first](00_lesson.ipynb)\n")
     (tmp_path / "notebooks" / "course_quiz.md").write_text("# Quiz\n\nOne question.\n")
     (tmp_path / "binder").mkdir()
     (tmp_path / "binder" / "README.md").write_text("# Binder\n\nHow to launch.\n")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "kd.md").write_text("# KD methods\n\nThe equations.\n")
+    for page, title in (("models", "Models"), ("metrics", "Metrics"), ("datasets", "Datasets")):
+        (tmp_path / "docs" / f"{page}.md").write_text(f"# {title}\n\nThe reference page.\n")
     return tmp_path
 
 

@@ -216,7 +216,7 @@ def test_registry_names_and_manual_recipe(tmp_path):
     assert "clean_testset_wav.zip ≈147 MB, checked by md5 (third-party, unverified)" in text
     assert DATASETS["voicebank-test"].folder == "voicebank"  # the test zips are not fetched twice
     assert set(DATASETS["voicebank-test"].archives) < set(DATASETS["voicebank"].archives)
-    # the full VB set is the 28-speaker training zips plus the test zips (§2 sizes: ≈5.2 GB)
+    # the full VB set is the 28-speaker training zips plus the test zips (docs/datasets.md sizes: ≈5.2 GB)
     assert DATASETS["voicebank"].approx_bytes == 2300e6 + 2600e6 + 147e6 + 163e6
 
 

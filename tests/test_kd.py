@@ -1,7 +1,7 @@
 """Unit tests of selib.kd: logit baselines, the Frequency Adapter, DFKD and I²S-TFCKD.
 
-References are independent: a numpy STFT and numpy re-implementations of the spec's definitions
-(dfkd.md §5/§6/§10, i2s_tfckd.md §2.2/§2.3), hand-built spectra with known answers, and identities.
+References are independent: a numpy STFT and numpy re-implementations of the definitions in docs/kd.md
+("Frequency Adapter", "DFKD loss", "I²S-TFCKD"), hand-built spectra with known answers, and identities.
 """
 import numpy as np
 import pytest
@@ -26,7 +26,7 @@ def np_stft(x: np.ndarray) -> np.ndarray:
 
 
 def np_max_slope(mag: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """dfkd.md §5: running max from DC, relative first difference, first argmax; per frame."""
+    """docs/kd.md#frequency-adapter: running max from DC, relative first difference, first argmax; per frame."""
     b, f, t = mag.shape
     out = np.zeros((b, t), dtype=int)
     for i in range(b):
@@ -38,7 +38,8 @@ def np_max_slope(mag: np.ndarray, eps: float = 1e-8) -> np.ndarray:
 
 
 def np_energy(mag: np.ndarray, rho: float = 0.9) -> np.ndarray:
-    """dfkd.md §10: smallest f whose cumulative energy share reaches rho; silent frames -> 0."""
+    """docs/kd.md#frequency-adapter, rule "energy": smallest f whose cumulative energy share reaches rho;
+    silent frames -> 0."""
     b, f, t = mag.shape
     out = np.zeros((b, t), dtype=int)
     for i in range(b):
@@ -373,7 +374,7 @@ def test_i2s_pools_long_frame_axes_and_combination_adds_both_losses():
 
 def test_dfkd_ablation_switches_match_a_numpy_reference():
     """``spectrum="magnitude"``: cosines on |T|, |S|; ``frame_weighting="energy"``: per-utterance frame
-    means weighted by the teacher's band energy share (docs/kd.md, DFKD ablations)."""
+    means weighted by the teacher's band energy share (docs/kd.md#dfkd-ablations)."""
     torch.manual_seed(4)
     teacher, student = torch.randn(2, 4000), torch.randn(2, 4000)
     _, parts = DFKDLoss(rule="fixed", beta=1.0, spectrum="magnitude", frame_weighting="energy")(student, teacher)

@@ -2,12 +2,12 @@
 trained with Adam on a few fixed batches of the embedded corpus; both the SE part and the KD part of the
 loss must go down (mean of the first steps against the mean of the last steps).
 
-KD weights follow dfkd.md §7 (scale the KD term to be comparable with L_SE at the start): the
-time-domain MSE to the teacher is ~0.02 against an SE loss of ~20 dB, so its weight is 3000.
+KD weights follow docs/kd.md#total-loss-se-loss-and-temperature (scale the KD term to be comparable with
+L_SE at the start): the time-domain MSE to the teacher is ~0.02 against an SE loss of ~20 dB, so its weight is 3000.
 
 I²S-TFCKD's inter-set loss compares the fused representatives of two trainable fusion blocks; the
-teacher-side block learns only through the calibration weights (i2s_tfckd.md §2.7), so its target moves
-and that part alone can rise early in training; the total KD loss and the intra-set sum must still fall.
+teacher-side block learns only through the calibration weights (docs/kd.md#gradient-paths), so its target
+moves and that part alone can rise early in training; the total KD loss and the intra-set sum must still fall.
 """
 import pytest
 import torch

@@ -50,7 +50,7 @@ def test_interface_attributes(family, preset):
     assert model.n_params == sum(p.numel() for p in model.parameters()) > 0
 
 
-# Spec models.md section 6.3: parameter counts of the paper presets, asserted within 1 %.
+# docs/models.md#preset-summary: parameter counts of the paper presets, asserted within 1 %.
 SPEC_PARAMS = {
     ("dccrn", "paper-teacher"): (3_671_053 * 0.99, 3_671_053 * 1.01),
     ("dccrn", "paper-e"): (3_742_349 * 0.99, 3_742_349 * 1.01),

@@ -36,7 +36,8 @@ SOLUTION_TAG = "solution"
 SCAFFOLD_MARKER = "# --- solution ---"
 BINDER_LINK = "(../binder/README.md)"
 # Files the book shows besides the lessons (paths relative to the repository root).
-BOOK_PAGES = ["notebooks/README.md", "notebooks/course_quiz.md", "binder/README.md", "docs/kd.md"]
+BOOK_PAGES = ["notebooks/README.md", "notebooks/course_quiz.md", "binder/README.md", "docs/kd.md",
+              "docs/models.md", "docs/metrics.md", "docs/datasets.md"]
 
 
 def lessons(root: Path = ROOT) -> list[Path]:

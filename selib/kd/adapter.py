@@ -1,14 +1,14 @@
 """The Frequency Adapter of DFKD: a per-frame low/high split of the teacher's spectrum.
 
 Lesson ``08_frequency_adapter``. The adapter has no learnable parameters; it is a rule applied to the
-teacher output's STFT magnitude ``A [B, F, T]`` (spec ``dfkd.md`` §5 and §10):
+teacher output's STFT magnitude ``A [B, F, T]`` (docs/kd.md#frequency-adapter):
 
-- ``max-slope`` (default, §5 [reimpl]): running maximum of ``A`` along frequency from DC, relative first
+- ``max-slope`` (default, [reimpl]): running maximum of ``A`` along frequency from DC, relative first
   difference ``(Fo[f+1] - Fo[f]) / (Fo[f] + eps)``, split bin = argmax (ties to the lowest bin, so a
-  silent frame gets bin 0). On voiced speech this lands near F0 (§5.1).
-- ``energy`` (§10 ablation): the first bin where the cumulative energy reaches ``rho`` of the frame's
+  silent frame gets bin 0). On voiced speech this lands near F0 (docs/kd.md#the-split-lands-near-f0).
+- ``energy`` (selib's ablation): the first bin where the cumulative energy reaches ``rho`` of the frame's
   energy (silent frame -> 0).
-- ``fixed`` (§10 ablation): one cut-off in Hz for every frame, ``round(cutoff_hz * n_fft / sr)``.
+- ``fixed`` (selib's ablation): one cut-off in Hz for every frame, ``round(cutoff_hz * n_fft / sr)``.
 
 The low band is ``f <= m`` and the high band ``f >= m``: the split bin belongs to both.
 """

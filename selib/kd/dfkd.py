@@ -1,17 +1,19 @@
-"""DFKD: dynamic frequency-adaptive, output-level KD (spec ``dfkd.md`` §5, §6, §10).
+"""DFKD: dynamic frequency-adaptive, output-level KD (arXiv 2502.04711; equations: docs/kd.md#dfkd-loss).
 
 Lesson ``09_dfkd``. Teacher and student outputs go through the KD STFT (512/128 Hann by default); the
 :class:`~selib.kd.adapter.FrequencyAdapter` splits every teacher frame into a low and a high band, and
 the bands get different losses:
 
-- low band: ``L_low = mean_n D_cos(T_l, S_l)_n`` (the "modified cosine loss", §6);
-- high band: ``L_high = beta * mean_n D_cos(T_h, S_h)_n + (1 - beta) * MSE(|T_h|, |S_h|)`` (§6);
-- ``KD = low_weight * L_low + high_weight * L_high`` (§7, §10: both weights 1 by default).
+- low band: ``L_low = mean_n D_cos(T_l, S_l)_n`` (the "modified cosine loss");
+- high band: ``L_high = beta * mean_n D_cos(T_h, S_h)_n + (1 - beta) * MSE(|T_h|, |S_h|)``;
+- ``KD = low_weight * L_low + high_weight * L_high`` (both weights 1 by default; docs/kd.md,
+  "Total loss, SE loss and temperature").
 
-Two ablation switches (selib's own, docs/kd.md): ``spectrum="magnitude"`` takes the cosine distances on
-``|T|`` and ``|S|`` instead of the complex spectra (no phase to match), and ``frame_weighting="energy"``
-replaces the plain mean over frames by a mean weighted with each frame's share of the utterance's
-teacher energy in that band (silent frames, whose cosine is meaningless, then count for nothing).
+Two ablation switches (selib's own, docs/kd.md#dfkd-ablations): ``spectrum="magnitude"`` takes the cosine
+distances on ``|T|`` and ``|S|`` instead of the complex spectra (no phase to match), and
+``frame_weighting="energy"`` replaces the plain mean over frames by a mean weighted with each frame's share
+of the utterance's teacher energy in that band (silent frames, whose cosine is meaningless, then count for
+nothing).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ FRAME_WEIGHTINGS = ("uniform", "energy")
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Complex (or real) cosine distance across frequency, per frame: ``[B, F, T] x2 -> [B, T]`` (§6).
+    """Complex (or real) cosine distance across frequency, per frame: ``[B, F, T] x2 -> [B, T]``.
 
     Real and imaginary parts are vector components:
     ``1 - sum_f Re(a conj b) / (sqrt(sum|a|^2 + eps) sqrt(sum|b|^2 + eps) + eps)``.

@@ -1,4 +1,4 @@
-"""Logit-level (output-level) KD baselines (spec ``dfkd.md`` §10, "Logit-level KD baselines").
+"""Logit-level (output-level) KD baselines (docs/kd.md#logit-baselines).
 
 Lesson ``07_logit_kd``. The student output is pulled towards the frozen teacher's output:
 

@@ -1,21 +1,22 @@
-"""I²S-TFCKD: intra/inter-set feature KD with time-frequency calibration (spec ``i2s_tfckd.md`` §2, §8).
+"""I²S-TFCKD: intra/inter-set feature KD with time-frequency calibration (arXiv 2506.13127).
 
-Lesson ``10_i2s_tfckd``. Features come grouped in three correlated sets (``encoder``, ``middle``,
-``decoder``), each a list of ``[B, C, T, F]`` tensors sharing the frame axis T. Every feature is read as
-one vector per frame, ``X [B, T, C*F]``, so layers of any C and F can be compared:
+Lesson ``10_i2s_tfckd``; equations and sources: docs/kd.md, "I²S-TFCKD". Features come grouped in three
+correlated sets (``encoder``, ``middle``, ``decoder``), each a list of ``[B, C, T, F]`` tensors sharing the
+frame axis T. Every feature is read as one vector per frame, ``X [B, T, C*F]``, so layers of any C and F
+can be compared:
 
-- relations (§2.3): ``P = (1 + cos) / 2``, row-normalised, over frames of one utterance (time stream,
+- relations: ``P = (1 + cos) / 2``, row-normalised, over frames of one utterance (time stream,
   ``[B, T, T]``) and over the batch within one frame (frequency stream, ``[B, T, B]``);
-- divergence (§2.3, §8.2): Jeffreys ``(P - Q) (log(P + eps) - log(Q + eps))``;
-- calibration (§2.2): per-layer query (student) and key (teacher) MLPs on the raw Gram matrices give
+- divergence: Jeffreys ``(P - Q) (log(P + eps) - log(Q + eps))``;
+- calibration: per-layer query (student) and key (teacher) MLPs on the raw Gram matrices give
   weights ``alpha [B, T, N_S, N_T]`` per stream, a softmax over teacher layers;
 - :class:`TFCalibration` is the calibrated loss ``L_TFC`` of one set (all N_S x N_T pairs);
-- :class:`ResidualFusion` fuses one set into its representative feature (§2.5);
-- :class:`I2STFCKD` sums ``L_enc + L_mid + L_dec + L_inter`` (§2.4, §2.6, §2.7).
+- :class:`ResidualFusion` fuses one set into its representative feature;
+- :class:`I2STFCKD` sums ``L_enc + L_mid + L_dec + L_inter``.
 
-Gradient paths (§2.7, §8.1): teacher features are detached everywhere, except that in the inter-set
-block the teacher's fused features feed the key MLPs undetached, so the teacher-side fusion modules
-learn only through alpha. Nothing reaches the teacher network itself.
+Gradient paths (docs/kd.md#gradient-paths): teacher features are detached everywhere, except that in the
+inter-set block the teacher's fused features feed the key MLPs undetached, so the teacher-side fusion
+modules learn only through alpha. Nothing reaches the teacher network itself.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ SET_NAMES = {"encoder": "enc", "middle": "mid", "decoder": "dec"}
 
 
 def frame_vectors(feature: torch.Tensor) -> torch.Tensor:
-    """``[B, C, T, F] -> [B, T, C*F]``: one vector per frame (§2.1)."""
+    """``[B, C, T, F] -> [B, T, C*F]``: one vector per frame."""
     if feature.dim() != 4:
         raise ValueError(f"I²S-TFCKD features must be [B, C, T, F] tensors, got shape {tuple(feature.shape)}")
     b, c, t, f = feature.shape
@@ -37,12 +38,12 @@ def frame_vectors(feature: torch.Tensor) -> torch.Tensor:
 
 
 def gram_time(x: torch.Tensor) -> torch.Tensor:
-    """Raw inner products between the frames of each utterance: ``[B, T, D] -> [B, T, T]`` (§2.2)."""
+    """Raw inner products between the frames of each utterance: ``[B, T, D] -> [B, T, T]``."""
     return x @ x.transpose(1, 2)
 
 
 def gram_freq(x: torch.Tensor) -> torch.Tensor:
-    """Raw inner products between the batch's vectors at each frame: ``[B, T, D] -> [B, T, B]`` (§2.2)."""
+    """Raw inner products between the batch's vectors at each frame: ``[B, T, D] -> [B, T, B]``."""
     return torch.einsum("btd,ctd->btc", x, x)
 
 
@@ -52,25 +53,25 @@ def _relation(cos: torch.Tensor) -> torch.Tensor:
 
 
 def relation_time(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Time-stream relation ``P[b, t, t']``: ``(1 + cos) / 2`` between frames, rows sum to 1 (§2.3)."""
+    """Time-stream relation ``P[b, t, t']``: ``(1 + cos) / 2`` between frames, rows sum to 1."""
     xn = x / (x.norm(dim=-1, keepdim=True) + eps)
     return _relation(gram_time(xn))
 
 
 def relation_freq(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Frequency-stream relation ``P[b, t, b']``: ``(1 + cos) / 2`` across the batch per frame, rows sum
-    to 1 (§2.3)."""
+    to 1."""
     xn = x / (x.norm(dim=-1, keepdim=True) + eps)
     return _relation(gram_freq(xn))
 
 
 def jeffreys(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Element-wise symmetric KL ``(p - q) (log(p + eps) - log(q + eps))`` (§2.3; eps: §8.2)."""
+    """Element-wise symmetric KL ``(p - q) (log(p + eps) - log(q + eps))`` (eps: selib's fix)."""
     return (p - q) * (torch.log(p + eps) - torch.log(q + eps))
 
 
 class _Embed(nn.Module):
-    """Linear -> ReLU -> Linear on the last axis, then L2-normalised over axis 1 (the T axis, §2.2)."""
+    """Linear -> ReLU -> Linear on the last axis, then L2-normalised over axis 1 (the T axis, as the demo does)."""
 
     def __init__(self, n_in: int, n_hidden: int, n_out: int):
         super().__init__()
@@ -81,7 +82,8 @@ class _Embed(nn.Module):
 
 
 class TFCalibration(nn.Module):
-    """Calibrated loss ``L_TFC`` of one set, for a fixed batch size and frame count (§2.2, §2.3).
+    """Calibrated loss ``L_TFC`` of one set, for a fixed batch size and frame count
+    (docs/kd.md#fixed-batch-and-segment).
 
     ``forward(student, teacher_keys, teacher_values)`` takes lists of frame vectors ``[B, T, D]`` (N_S
     student layers, N_T teacher layers; keys feed the key MLPs, values the relation targets) and returns
@@ -123,12 +125,12 @@ class TFCalibration(nn.Module):
 
 
 class ResidualFusion(nn.Module):
-    """Residual (attention-gated) fusion of one set into its representative feature (§2.5).
+    """Residual (attention-gated) fusion of one set into its representative feature.
 
     ``u_k = PReLU(IN(conv1x1(x_k)))`` to ``mid_channels``; ``r_1 = u_1``; for k > 1 the previous ``r``
     is resized (nearest) to ``x_k``'s (T, F), two sigmoid gates ``a, c`` come from a 1x1 conv of
     ``[u_k; r]`` and ``r_k = a u_k + c r``. The output ``PReLU(IN(conv3x3(r_n)))`` has ``x_n``'s
-    channels; only this last output is kept (§2.5), so only the last layer has an output conv.
+    channels; only this last output is kept, so only the last layer has an output conv.
     """
 
     def __init__(self, channels: list[int], mid_channels: int = 128):
@@ -152,7 +154,7 @@ class ResidualFusion(nn.Module):
 
 
 def _fusion_order(stage: str, features: list) -> list:
-    """Decoder features are fused from the mask backwards (§2.5 processing order), the others forwards."""
+    """Decoder features are fused from the mask backwards (the demo's processing order), the others forwards."""
     return features[::-1] if stage == "decoder" else list(features)
 
 
