@@ -18,9 +18,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from selib.constants import SAMPLE_RATE
 from selib.files import write_atomically
-
-SAMPLE_RATE = 16000
 RATE_RANGE = (4000, 384000)      # sample rates load() accepts, in Hz (telephone band to 384 kHz studio)
 MAX_KERNEL = 4_000_000           # torchaudio's resampling kernel holds new x orig (reduced) taps; above
                                  # this (coprime rates such as 44101 -> 16000) a polyphase FIR is used

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from selib.constants import DATASETS, SPLITS
 from selib.runs import RunDir
 
 
@@ -217,9 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split",
                        description="Enhance a split with a checkpoint's model and score it.")
     p.add_argument("checkpoint", help="best.pt or last.pt of a run")
-    p.add_argument("--split", default="test", help="train, valid or test (default: test)")
-    p.add_argument("--data", help="embedded, voicebank or dns2020 (default: the dataset the checkpoint "
-                                  "was trained on)")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--data", choices=DATASETS, help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint config's)")
     p.add_argument("--limit", type=int, help="evaluate only the first N utterances")
     p.add_argument("--metrics", nargs="+", help="metrics (default: the config's eval.metrics)")

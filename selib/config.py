@@ -21,8 +21,8 @@ import yaml
 # gamma (factor) and patience (epochs) for plateau (on validation SI-SDR); optim.checkpoint_every: steps
 # between last.pt saves (0: only at epoch ends); teacher.overrides (model constructor overrides);
 # role (teacher | student, for reports; null: inferred); teacher.cache and teacher.cache_dir (the
-# teacher-output cache, selib.kd.cache); kd.balance, kd.balance_batches, kd.balance_ratio (lambda set
-# from gradient norms, docs/kd.md).
+# teacher-output cache, selib.kd.cache); kd.balance, kd.balance_batches, kd.balance_ratio, kd.balance_at
+# (lambda set from gradient norms after balance_at steps; docs/kd.md, "Weights that mean the same ...").
 DEFAULTS: dict[str, Any] = {
     "name": None,            # run name; None -> "<family>-<preset>-<kd method>"
     "role": None,            # teacher | student; None -> inferred by selib.experiments.report
@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"family": "dccrn", "preset": "tiny-student", "overrides": {}},
     "teacher": None,
     "kd": {"method": "none", "weight": 1.0, "options": {}, "balance": "none", "balance_batches": 8,
-           "balance_ratio": 1.0},
+           "balance_ratio": 1.0, "balance_at": 0},
     "loss": {"se": "sisnr"},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "epochs": 10, "max_steps": None,
               "grad_clip": 5.0, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 2,
@@ -236,8 +236,8 @@ def _presets(section: str):
 
 
 def _datasets(cfg):
-    from selib.data.datasets import NAMES
-    return list(NAMES)
+    from selib.constants import DATASETS
+    return list(DATASETS)
 
 
 def _se_losses(cfg):
@@ -278,6 +278,7 @@ CHECKS: dict[str, Callable[[Any, dict], str | None]] = {
     "kd.balance": _choice(BALANCES),
     "kd.balance_batches": _number(int, 1),
     "kd.balance_ratio": _number(float, 0, strict=True),
+    "kd.balance_at": _number(int, 0),
     "loss.se": _choice(_se_losses),
     "optim.name": _choice(OPTIMIZERS),
     "optim.lr": _number(float, 0, strict=True),

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from selib.audio import SAMPLE_RATE
+from selib.constants import SAMPLE_RATE
 
 CHUNK_SECONDS = 5.0     # about 50 MB of activations for the tiny DCCRN student
 OVERLAP_SECONDS = 1.0   # 0.25 s of context each side, 0.5 s cross-fade

@@ -33,7 +33,7 @@ import pystoi
 import torch
 from scipy import stats as _stats
 
-from selib.audio import SAMPLE_RATE
+from selib.constants import SAMPLE_RATE
 METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "si_snr", "csig", "cbak", "covl",
            "ssnr", "llr", "wss")
 DEFAULT_METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "csig", "cbak", "covl", "ssnr")

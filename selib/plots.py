@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selib.audio import SAMPLE_RATE, STFT
+from selib.audio import STFT
+from selib.constants import SAMPLE_RATE
 
 
 def _axes(ax, figsize=(7, 3)):

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.flop_counter import FlopCounterMode
 
-from selib.audio import SAMPLE_RATE
+from selib.constants import SAMPLE_RATE
 from selib.models.base import FAMILIES, build, presets as family_presets
 
 _RNN_GATES = {nn.LSTM: 4, nn.GRU: 3}

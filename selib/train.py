@@ -188,9 +188,11 @@ class Trainer:
     With ``teacher.cache: true`` the teacher's outputs for output-level KD come from
     :class:`selib.kd.TeacherCache` in ``teacher.cache_dir`` (default ``<run_dir>/../.teacher-cache``,
     shared by the runs of one runs root); the weights end bit-identical to a run without it.
-    ``kd.balance: grad`` sets the KD weight before the first step to ``kd.balance_ratio`` times the
-    ratio of the SE to the KD gradient norm (student parameters, mean over the first
-    ``kd.balance_batches`` batches of epoch 0, no update), stores it in the checkpoints and logs it.
+    ``kd.balance: grad`` sets the KD weight to ``kd.balance_ratio`` times the ratio of the SE to the KD
+    gradient norm (student parameters, mean over the first ``kd.balance_batches`` batches of epoch 0,
+    no update), measured before the first step or, with ``kd.balance_at: N``, after N steps trained
+    with ``kd.weight`` (an untrained student's gradients can mislead); it is stored in the checkpoints
+    and logged.
     On the first batch of every epoch the history records ``grad_se_norm``, ``grad_kd_norm`` (of the
     unweighted KD term) and ``grad_ratio`` = ``kd_weight * grad_kd_norm / grad_se_norm`` (two extra
     backward passes per epoch). Lesson ``07_logit_kd``.
@@ -374,8 +376,7 @@ class Trainer:
         self._log(f"training {self.cfg.name}: {self.cfg.model.family} {self.cfg.model.preset} "
                   f"({self.student.n_params:,} parameters), kd {self.cfg.kd.method}, {self.n_batches} "
                   f"batches of {self.cfg.data.batch_size} per epoch, {self.world} process(es), {self.device}")
-        if self.cfg.kd.balance == "grad" and self.teacher is not None and self.step == 0 and self.batch == 0:
-            self.distiller.weight = self.balance_weight()
+        self._balance_if_due()
         try:
             while not self._finished() or self.batch > 0:     # batch > 0: an epoch left open by a kill
                 if self.step < self.total_steps:
@@ -412,6 +413,7 @@ class Trainer:
             parts = self._train_step(batch)
             self.batch += 1
             self.step += 1
+            self._balance_if_due()
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.3f}")
             every = self.cfg.optim.checkpoint_every
@@ -455,10 +457,17 @@ class Trainer:
             norms.append(float(torch.linalg.vector_norm(flat)))
         return norms
 
+    def _balance_if_due(self) -> None:
+        """Set the KD weight by ``kd.balance: grad`` when training reaches step ``kd.balance_at``."""
+        kd_cfg = self.cfg.kd
+        if kd_cfg.balance == "grad" and self.teacher is not None and self.step == kd_cfg.balance_at \
+                and (self.step > 0 or self.batch == 0):
+            self.distiller.weight = self.balance_weight()
+
     def balance_weight(self) -> float:
         """``kd.balance: grad``: ``kd.balance_ratio * mean ||grad L_SE|| / mean ||grad KD||`` over the
-        first ``kd.balance_batches`` batches of epoch 0, measured on the initial weights; the student,
-        the distiller and the random states are left as they were."""
+        first ``kd.balance_batches`` batches of epoch 0, measured on the present weights; the student,
+        the distiller, the random states and the data position are left as they were."""
         kd_cfg = self.cfg.kd
         saved = [copy.deepcopy(m.state_dict()) for m in (self.student, self.distiller)]
         rng = rng_state()
@@ -473,13 +482,15 @@ class Trainer:
         for module, state in zip((self.student, self.distiller), saved):
             module.load_state_dict(state)
         set_rng_state(rng)
+        if hasattr(self.train_set, "set_epoch"):    # _loader(0) moved the crops to epoch 0
+            self.train_set.set_epoch(self.epoch)
         se_norm, kd_norm = float(sums[0] / sums[2]), float(sums[1] / sums[2])
         if not kd_norm > 0:
             raise ConfigError(f"kd.balance = grad: the KD term of {kd_cfg.method!r} has no gradient on the "
                               f"first {kd_cfg.balance_batches} batches; set kd.balance: none and pick kd.weight.")
         weight = kd_cfg.balance_ratio * se_norm / kd_norm
-        self._log(f"kd.balance: grad over {int(sums[2])} batches: |grad SE| {se_norm:.4g}, |grad KD| "
-                  f"{kd_norm:.4g} -> kd weight {weight:.4g} (ratio {kd_cfg.balance_ratio:g})")
+        self._log(f"kd.balance: grad at step {self.step}, over {int(sums[2])} batches: |grad SE| {se_norm:.4g}, "
+                  f"|grad KD| {kd_norm:.4g} -> kd weight {weight:.4g} (ratio {kd_cfg.balance_ratio:g})")
         return weight
 
     def _train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:

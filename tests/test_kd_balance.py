@@ -34,24 +34,11 @@ def _norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
     return norm
 
 
-def test_balance_sets_the_weight_so_the_measured_gradient_ratio_is_the_target(tmp_path):
-    torch.manual_seed(5)
-    teacher = models.build("dccrn", "tiny-teacher").eval().requires_grad_(False)
-    torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pt")
-    cfg = load(BASE, {"kd": {"method": "logits-mse", "balance": "grad", "balance_batches": 2,
-                             "balance_ratio": 0.5},
-                      "teacher": {"family": "dccrn", "preset": "tiny-teacher",
-                                  "checkpoint": str(tmp_path / "teacher.pt")}})
-    datasets = synthetic(6, 0.25)
-    trainer = Trainer(cfg, tmp_path / "run", datasets=datasets)
-    initial = copy.deepcopy(trainer.student.state_dict())
-    history = trainer.fit()
-    weight = trainer.distiller.weight
-    assert weight != 1.0
-
-    # The same two batches through a fresh copy of the initial student, with the losses written here.
+def _first_batch_norms(student_state, teacher, datasets) -> list[tuple[float, float]]:
+    """(|grad L_SE|, |grad logits-mse|) of a student with ``student_state`` on each of the first two
+    batches of epoch 0, with the losses written here."""
     student = models.build("dccrn", "tiny-student")
-    student.load_state_dict(initial)
+    student.load_state_dict(student_state)
     student.train()
     params = list(student.parameters())
     norms = []
@@ -62,6 +49,30 @@ def test_balance_sets_the_weight_so_the_measured_gradient_ratio_is_the_target(tm
         with torch.no_grad():
             target = teacher(noisy)
         norms.append((_norm(_neg_si_snr(out, clean), params), _norm(((out - target) ** 2).mean(), params)))
+    return norms
+
+
+def _teacher_and_config(tmp_path, **balance):
+    torch.manual_seed(5)
+    teacher = models.build("dccrn", "tiny-teacher").eval().requires_grad_(False)
+    torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pt")
+    cfg = load(BASE, {"kd": {"method": "logits-mse", "balance_batches": 2, "balance_ratio": 0.5, **balance},
+                      "teacher": {"family": "dccrn", "preset": "tiny-teacher",
+                                  "checkpoint": str(tmp_path / "teacher.pt")}})
+    return teacher, cfg
+
+
+def test_balance_sets_the_weight_so_the_measured_gradient_ratio_is_the_target(tmp_path):
+    teacher, cfg = _teacher_and_config(tmp_path, balance="grad")
+    datasets = synthetic(6, 0.25)
+    trainer = Trainer(cfg, tmp_path / "run", datasets=datasets)
+    initial = copy.deepcopy(trainer.student.state_dict())
+    history = trainer.fit()
+    weight = trainer.distiller.weight
+    assert weight != 1.0
+
+    # The same two batches through a fresh copy of the initial student, with the losses written here.
+    norms = _first_batch_norms(initial, teacher, datasets)
     se_norm, kd_norm = np.mean(norms, axis=0)
     assert weight * kd_norm / se_norm == pytest.approx(0.5, rel=1e-4)
     # The history's gradient ratio is measured on the first batch of the epoch (the initial weights here).
@@ -74,6 +85,22 @@ def test_balance_sets_the_weight_so_the_measured_gradient_ratio_is_the_target(tm
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["kd_weight"] == weight
     resumed = Trainer(cfg, tmp_path / "run", datasets=datasets)
     assert resumed.distiller.weight == weight
+
+
+def test_balance_at_measures_the_student_after_that_many_steps_at_kd_weight(tmp_path):
+    """kd.balance_at: 2 trains two steps with kd.weight = 1, then sets the weight from the gradients of
+    the student as it is then: the student of a run that stops after those two steps."""
+    datasets = synthetic(6, 0.25)
+    teacher, plain = _teacher_and_config(tmp_path, balance="none")
+    stopped = Trainer(load(plain, {"optim.max_steps": 2}), tmp_path / "two-steps", datasets=datasets)
+    stopped.fit()
+    _, cfg = _teacher_and_config(tmp_path, balance="grad", balance_at=2)
+    trainer = Trainer(cfg, tmp_path / "run", datasets=datasets)
+    history = trainer.fit()
+    se_norm, kd_norm = np.mean(_first_batch_norms(stopped.student.state_dict(), teacher, datasets), axis=0)
+    assert trainer.distiller.weight * kd_norm / se_norm == pytest.approx(0.5, rel=1e-4)
+    assert history[0]["kd_weight"] == trainer.distiller.weight != 1.0
+    assert "kd.balance: grad at step 2" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_runs_without_kd_log_no_gradient_ratio(tmp_path):
@@ -101,7 +128,7 @@ def test_a_checkpoint_written_before_the_balance_and_cache_keys_existed_still_re
     trainer.fit()
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     del state["config"]["role"], state["kd_weight"]
-    for key in ("balance", "balance_batches", "balance_ratio"):
+    for key in ("balance", "balance_batches", "balance_ratio", "balance_at"):
         del state["config"]["kd"][key]
     torch.save(state, tmp_path / "run" / "last.pt")
     resumed = Trainer(load(BASE, {"optim.epochs": 3}), tmp_path / "run", datasets=synthetic(4, 0.25))

@@ -20,11 +20,11 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from selib.audio import SAMPLE_RATE, AudioError, check_waveform, load, save
-from selib.data.embedded import SPLITS, build_embedded, load_manifest
+from selib.audio import AudioError, check_waveform, load, save
+from selib.constants import DATASETS, SAMPLE_RATE, SPLITS
+from selib.data.embedded import build_embedded, load_manifest
 from selib.data.mixing import LEVEL_RANGE, fit_length, snr_mix
 
-NAMES = ("embedded", "voicebank", "dns2020")
 VB_VALID_SPEAKERS = ("p226", "p287")
 VB_FOLDERS = {"train": ("noisy_trainset_28spk_wav", "clean_trainset_28spk_wav"),
               "test": ("noisy_testset_wav", "clean_testset_wav")}
@@ -202,8 +202,8 @@ def get_dataset(name: str, split: str, root: str | Path | None = None,
     (dns2020: ``no_reverb`` or ``with_reverb``), ``snr_range`` (dns2020 training mixtures, default
     (0, 40)). The embedded corpus is built on first use (seconds). Lesson ``00_data_and_listening``.
     """
-    if name not in NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {NAMES}")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     allowed = {"embedded": set(), "voicebank": set(), "dns2020": {"test_set", "snr_range"}}[name]

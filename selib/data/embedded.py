@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from selib.audio import SAMPLE_RATE, check_waveform
+from selib.audio import check_waveform
+from selib.constants import SAMPLE_RATE, SPLITS
 from selib.data.mixing import LEVEL_RANGE, TEST_SNRS, TRAIN_SNRS, snr_mix
 from selib.data.noise import NOISE_TYPES, ltas, make_noise
 from selib.data.tts import VOICES, Utterance, load_sentences, synthesize_many
 
-SPLITS = ("train", "valid", "test")
 FORMAT = 1
 BABBLE_POOL = 16      # TTS utterances per split that babble noise is built from
 MIN_WORDS = 9         # shorter sentences get a second one appended, so utterances last about 2-4 s

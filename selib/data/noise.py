@@ -12,7 +12,8 @@ import numpy as np
 import scipy.signal
 import torch
 
-from selib.audio import SAMPLE_RATE, STFT
+from selib.audio import STFT
+from selib.constants import SAMPLE_RATE
 from selib.data.mixing import fit_length
 
 NOISE_TYPES = ("white", "pink", "brown", "speech", "babble", "hum", "fan")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from selib.audio import SAMPLE_RATE
+from selib.constants import SAMPLE_RATE
 
 RULES = ("max-slope", "energy", "fixed")
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from selib.audio import SAMPLE_RATE, STFT
+from selib.audio import STFT
+from selib.constants import SAMPLE_RATE
 from selib.kd.adapter import FrequencyAdapter
 
 SPECTRA = ("complex", "magnitude")
