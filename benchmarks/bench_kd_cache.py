@@ -62,8 +62,7 @@ def _ratio_cost(cfg, run_dir: Path, repeats: int = 5) -> tuple[float, float]:
     measure = []
     for _ in range(repeats):
         with trainer._autocast():
-            teacher_out, _ = trainer._teacher_outputs(batch["noisy"])
-            se, kd_loss, _ = trainer.objective(batch["noisy"], batch["clean"], teacher_out, None)
+            se, kd_loss, _ = trainer.training_step.losses(batch["noisy"], batch["clean"])
         started = time.perf_counter()
         trainer._grad_norms(se, kd_loss)
         measure.append(time.perf_counter() - started)

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -536,32 +537,24 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
     """
     import shutil
 
-    from selib import data, teachers
+    from selib import teachers
     from selib.config import load
 
     runs_root, data_override = Path(runs_root), {"data.root": str(data_root)}
-    print(f"corpus: {data.build_embedded(data_root)}", flush=True)
     configs = sorted(Path(configs_dir).glob("*.yaml"))
     if not configs:
         raise FileNotFoundError(f"{configs_dir}: no course configs (*.yaml) found.")
-    students = [(load(path, {**data_override, "seed": int(seed)}), seed) for path in configs for seed in seeds]
-    for checkpoint in sorted({Path(cfg.teacher.checkpoint) for cfg, _ in students if cfg.teacher is not None}):
-        if not checkpoint.is_file():
-            teacher_config = teachers.CONFIGS / f"{checkpoint.stem}.yaml"
-            print(f"{checkpoint}: not shipped; training it from {teacher_config} (make teachers)", flush=True)
-            teachers.ship(teacher_config, checkpoint.parent, runs_root / "teachers", data_override)
-        cfg = load(teachers.record(checkpoint)["config"], data_override)
-        execute(cfg, RunDir.of(cfg, runs_root), "process", checkpoint=checkpoint)
-    if jobs > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _set_threads, (threads,)) as pool:
-            list(pool.map(_execute_student, [(cfg.to_dict(), str(runs_root)) for cfg, _ in students]))
-    else:
-        for cfg, _ in students:
-            execute(cfg, RunDir.of(cfg, runs_root), "process")
+    students = [load(path, {**data_override, "seed": int(seed)}) for path in configs for seed in seeds]
+    checkpoints = sorted({Path(cfg.teacher.checkpoint) for cfg in students if cfg.teacher is not None})
+    with _workers(jobs) as run_all:
+        print(f"corpus: {run_all(_build_corpus, [str(data_root)])[0]}", flush=True)
+        missing = [c for c in checkpoints if not c.is_file()]
+        for checkpoint in missing:
+            print(f"{checkpoint}: not shipped; training it from {teachers.CONFIGS / checkpoint.stem}.yaml "
+                  "(make teachers)", flush=True)
+        run_all(_ship_teacher, [(c, runs_root / "teachers", data_override) for c in missing])
+        scored = [(load(teachers.record(c)["config"], data_override).to_dict(), runs_root, c) for c in checkpoints]
+        run_all(_run, scored + [(cfg.to_dict(), runs_root, None) for cfg in students])
     table = report(runs_root, runs_root)
     print((runs_root / "report.md").read_text(), flush=True)
     if results is not None:
@@ -571,18 +564,49 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
     return table
 
 
+@contextmanager
+def _workers(jobs: int):
+    """``run_all(fn, items) -> [fn(item), ...]``: in this process (``jobs == 1``), or in ``jobs`` worker
+    processes with an equal share of the CPU threads and a fresh process for every item, so that no
+    run's memory outlives it and this process stays small."""
+    if jobs <= 1:
+        yield lambda fn, items: [fn(item) for item in items]
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _set_threads, (threads,),
+                             max_tasks_per_child=1) as pool:
+        yield lambda fn, items: list(pool.map(fn, items))
+
+
+def _build_corpus(root: str) -> Path:
+    from selib import data
+
+    return data.build_embedded(root)
+
+
+def _ship_teacher(job: tuple[Path, Path, dict]) -> dict:
+    """Train a course teacher that is not shipped (``make teachers`` does the same)."""
+    from selib import teachers
+
+    checkpoint, runs_root, overrides = job
+    return teachers.ship(teachers.CONFIGS / f"{checkpoint.stem}.yaml", checkpoint.parent, runs_root, overrides)
+
+
+def _run(job: tuple[dict, Path, Path | None]) -> dict:
+    """One quick-start run: a student trained and tested, or (with a checkpoint) a teacher scored."""
+    from selib.config import load
+
+    config, runs_root, checkpoint = job
+    cfg = load(config)
+    return execute(cfg, RunDir.of(cfg, runs_root), "process", checkpoint=checkpoint)
+
+
 def _set_threads(threads: int) -> None:
     """Worker start-up: ``threads`` torch and BLAS threads."""
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
-
-
-def _execute_student(job: tuple[dict, str]) -> dict:
-    """One quick-start student in a worker process (:func:`quickstart` with ``jobs > 1``)."""
-    from selib.config import load
-
-    config, runs_root = job
-    cfg = load(config)
-    return execute(cfg, RunDir.of(cfg, runs_root), "process")

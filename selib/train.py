@@ -25,7 +25,8 @@ import time
 from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -126,7 +127,6 @@ class _Objective(nn.Module):
         self.student, self.distiller = student, distiller
 
     def forward(self, noisy, clean, teacher_out=None, teacher_features=None):
-        """``(L_SE, KD or None, parts)`` of the distiller (see :meth:`selib.kd.Distiller.split`)."""
         student_features = None
         if self.distiller.needs_features:
             out, student_features = self.student(noisy, return_features=True)
@@ -134,6 +134,135 @@ class _Objective(nn.Module):
             out = self.student(noisy)
         return self.distiller.split(out, clean, noisy, teacher_out=teacher_out,
                                     student_features=student_features, teacher_features=teacher_features)
+
+
+class TrainingStep:
+    """The losses of one training step, in one place: the frozen teacher's output (from the teacher
+    cache when there is one) and, for feature KD, its features; the student's forward; the distiller's
+    ``(L_SE, KD or None, parts)`` (:meth:`selib.kd.Distiller.split`). ``module`` is what DDP wraps
+    (:meth:`distribute`); ``local=True`` bypasses the wrapper (measurements that take no step)."""
+
+    def __init__(self, student: nn.Module, distiller: nn.Module, teacher: nn.Module | None = None,
+                 cache: kd.TeacherCache | None = None):
+        self.local_module = self.module = _Objective(student, distiller)
+        self.teacher, self.cache, self.distiller = teacher, cache, distiller
+
+    def distribute(self, device_ids: list[int] | None, find_unused_parameters: bool) -> None:
+        self.module = nn.parallel.DistributedDataParallel(self.local_module, device_ids=device_ids,
+                                                          find_unused_parameters=find_unused_parameters)
+
+    def train(self, mode: bool = True) -> None:
+        self.module.train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    @torch.no_grad()
+    def teacher_outputs(self, noisy: torch.Tensor) -> tuple[torch.Tensor | None, dict | None]:
+        if self.teacher is None:
+            return None, None
+        if self.distiller.needs_features:
+            return self.teacher(noisy, return_features=True)
+        if self.cache is not None:
+            return self.cache(self.teacher, noisy), None
+        return self.teacher(noisy), None
+
+    def losses(self, noisy: torch.Tensor, clean: torch.Tensor, local: bool = False):
+        teacher_out, teacher_features = self.teacher_outputs(noisy)
+        module = self.local_module if local else self.module
+        return module(noisy, clean, teacher_out, teacher_features)
+
+
+@dataclass
+class Parts:
+    """What a run trains with, made from its config by :func:`build` and given to :class:`Trainer`."""
+    train_set: Dataset
+    student: nn.Module
+    teacher: nn.Module | None
+    distiller: kd.Distiller
+    params: list[nn.Parameter]          # the student's and the distiller's own trainable parameters
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: TrainingStep
+    n_batches: int                      # global batches per epoch
+    total_steps: int
+
+
+def dataset(config: Config, split: str) -> Dataset:
+    """A split of the config's dataset (``selib.data.get_dataset``; training: fixed segments)."""
+    from selib.data import get_dataset
+
+    data = config.data
+    segment = data.segment_seconds if split == "train" else None
+    return get_dataset(data.name, split, root=data.root, segment_seconds=segment, seed=config.seed,
+                       limit=data[f"{split}_limit"])
+
+
+def build(config: Config, device: torch.device, train_set: Dataset | None = None, world: int = 1,
+          cache_root: str | Path = "runs/.teacher-cache", log: Callable[[str], None] = print) -> Parts:
+    """Student, frozen teacher, distiller, optimiser, scheduler, teacher cache and training data of a
+    config on ``device`` (``train_set`` replaces the config's training split; ``world`` processes
+    share each global batch). Seed the random generators first: the initial weights come from them."""
+    cfg, data = config, config.data
+    if data.batch_size % world:
+        raise ConfigError(f"data.batch_size = {data.batch_size} is the global batch and must divide "
+                          f"evenly over {world} processes; pick a multiple of {world}.")
+    train_set = dataset(cfg, "train") if train_set is None else train_set
+    n_batches = len(train_set) // data.batch_size
+    if n_batches == 0:
+        raise ConfigError(f"the train split has {len(train_set)} items, fewer than one batch of "
+                          f"data.batch_size = {data.batch_size}; lower the batch size or raise "
+                          "data.train_limit.")
+    student = models.build(cfg.model.family, cfg.model.preset, **cfg.model.overrides).to(device)
+    teacher = _load_teacher(cfg.teacher, device) if cfg.teacher is not None else None
+    distiller = kd.build(cfg.kd.method, student, teacher, weight=cfg.kd.weight, options=dict(cfg.kd.options),
+                         se_loss=cfg.loss.se, batch_size=data.batch_size // world,
+                         segment_samples=int(round(data.segment_seconds * student.sample_rate))).to(device)
+    frozen = {id(p) for p in student.parameters()}
+    frozen |= {id(p) for p in teacher.parameters()} if teacher is not None else set()
+    params = list(student.parameters()) + [p for p in distiller.parameters()
+                                           if p.requires_grad and id(p) not in frozen]
+    optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name](
+        params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    total_steps = min(cfg.optim.epochs * n_batches, cfg.optim.max_steps or math.inf)
+    cache = _teacher_cache(cfg, distiller, device, cache_root, log)
+    return Parts(train_set, student, teacher, distiller, params, optimizer,
+                 _scheduler(cfg.optim, optimizer, total_steps), TrainingStep(student, distiller, teacher, cache),
+                 n_batches, total_steps)
+
+
+def _load_teacher(spec, device: torch.device) -> nn.Module:
+    if not Path(spec.checkpoint).is_file():
+        raise FileNotFoundError(
+            f"teacher checkpoint {spec.checkpoint} not found; train the teacher first (selib train <teacher "
+            "config>) or fix teacher.checkpoint in the config.")
+    teacher, _ = load_model(spec.checkpoint, device, spec.family, spec.preset, spec.overrides,
+                            fix="fix teacher.checkpoint/family/preset/overrides, or train the teacher "
+                                "again (selib train <teacher config>)")
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _teacher_cache(cfg: Config, distiller, device, cache_root, log) -> kd.TeacherCache | None:
+    """The teacher-output cache of ``teacher.cache`` (output-level KD only: features are not cached)."""
+    spec = cfg.teacher
+    if spec is None or not spec.cache:
+        return None
+    if distiller.needs_features:
+        log(f"teacher.cache: off for {cfg.kd.method}, which distils features (only outputs are cached)")
+        return None
+    root = Path(spec.cache_dir) if spec.cache_dir else Path(cache_root)
+    return kd.TeacherCache(spec.checkpoint, root, device, _amp_dtype(cfg.optim.amp, device))
+
+
+def _scheduler(o, optimizer, total_steps: int):
+    if o.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if o.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.step_size, gamma=o.gamma)
+    if o.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=o.gamma,
+                                                          patience=o.patience)
+    return None
 
 
 def _init_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -199,108 +328,51 @@ class Trainer:
     """
 
     def __init__(self, config: Config | Mapping | str | Path, run_dir: str | Path,
-                 datasets: Mapping[str, Dataset] | None = None):
+                 datasets: Mapping[str, Dataset] | None = None, parts: Parts | None = None):
         self.cfg = config if isinstance(config, Config) else load(config)
         self.run = RunDir(run_dir)
         self.run_dir = self.run.path
         self.rank, self.world, self.device = _init_distributed(self.cfg.device)
         self.progress = progress_enabled() and self.rank == 0
         self._datasets = dict(datasets or {})
-        cfg, data = self.cfg, self.cfg.data
-        if data.batch_size % self.world:
-            raise ConfigError(f"data.batch_size = {data.batch_size} is the global batch and must divide "
-                              f"evenly over {self.world} processes; pick a multiple of {self.world}.")
-        self.batch_per_rank = data.batch_size // self.world
+        cfg = self.cfg
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
-        self.train_set = self._dataset("train")
-        self.n_batches = len(self.train_set) // data.batch_size
-        if self.n_batches == 0:
-            raise ConfigError(f"the train split has {len(self.train_set)} items, fewer than one batch of "
-                              f"data.batch_size = {data.batch_size}; lower the batch size or raise "
-                              "data.train_limit.")
-        self.student = models.build(cfg.model.family, cfg.model.preset, **cfg.model.overrides).to(self.device)
-        self.teacher = self._load_teacher() if cfg.teacher is not None else None
-        self.segment_samples = int(round(data.segment_seconds * self.student.sample_rate))
-        self.distiller = kd.build(cfg.kd.method, self.student, self.teacher, weight=cfg.kd.weight,
-                                  options=dict(cfg.kd.options), se_loss=cfg.loss.se,
-                                  batch_size=self.batch_per_rank,
-                                  segment_samples=self.segment_samples).to(self.device)
-        frozen = {id(p) for p in self.student.parameters()}
-        frozen |= {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
-        self.params = list(self.student.parameters()) + [
-            p for p in self.distiller.parameters() if p.requires_grad and id(p) not in frozen]
-        optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
-        self.optimizer = optimizer(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        self.total_steps = min(cfg.optim.epochs * self.n_batches, cfg.optim.max_steps or math.inf)
-        self.scheduler = self._scheduler()
+        if parts is None:
+            parts = build(cfg, self.device, self._datasets.get("train"), self.world,
+                          self.run_dir.parent / ".teacher-cache", self._log)
+        self.parts = parts
+        self.train_set, self.student, self.teacher, self.distiller = (
+            parts.train_set, parts.student, parts.teacher, parts.distiller)
+        self.params, self.optimizer, self.scheduler = parts.params, parts.optimizer, parts.scheduler
+        self.training_step, self.n_batches, self.total_steps = parts.step, parts.n_batches, parts.total_steps
+        self.teacher_cache = parts.step.cache
+        self.batch_per_rank = cfg.data.batch_size // self.world
+        self.segment_samples = int(round(cfg.data.segment_seconds * self.student.sample_rate))
         self.amp_dtype = _amp_dtype(cfg.optim.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.teacher_cache = self._teacher_cache()
 
         self.epoch = self.batch = self.step = 0
         self.best = -math.inf
         self.history: list[dict[str, Any]] = []
         self.running = self._new_running()
-        self.objective = self.local_objective = _Objective(self.student, self.distiller)
         self._resume()
         if self.rank == 0:
             cfg.dump(self.run.config)
         if self.world > 1:
             has_own = len(self.params) > sum(1 for _ in self.student.parameters())
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.objective = nn.parallel.DistributedDataParallel(
-                self.objective, device_ids=ids, find_unused_parameters=has_own)
+            self.training_step.distribute([self.device.index] if self.device.type == "cuda" else None, has_own)
 
-    # ------------------------------------------------------------------ building
+    # ------------------------------------------------------------------ data
     def _dataset(self, split: str) -> Dataset:
-        """The split given to ``__init__``, else ``selib.data.get_dataset`` (training: fixed segments)."""
+        """The split given to ``__init__``, else the config's (:func:`dataset`)."""
         if split not in self._datasets:
-            from selib.data import get_dataset
-            data = self.cfg.data
-            segment = data.segment_seconds if split == "train" else None
-            self._datasets[split] = get_dataset(data.name, split, root=data.root, segment_seconds=segment,
-                                                seed=self.cfg.seed, limit=data[f"{split}_limit"])
+            self._datasets[split] = dataset(self.cfg, split)
         return self._datasets[split]
-
-    def _load_teacher(self) -> nn.Module:
-        spec = self.cfg.teacher
-        if not Path(spec.checkpoint).is_file():
-            raise FileNotFoundError(
-                f"teacher checkpoint {spec.checkpoint} not found; train the teacher first (selib train <teacher "
-                "config>) or fix teacher.checkpoint in the config.")
-        teacher, _ = load_model(spec.checkpoint, self.device, spec.family, spec.preset, spec.overrides,
-                                fix="fix teacher.checkpoint/family/preset/overrides, or train the teacher "
-                                    "again (selib train <teacher config>)")
-        teacher.requires_grad_(False)
-        return teacher
-
-    def _teacher_cache(self) -> kd.TeacherCache | None:
-        """The teacher-output cache of ``teacher.cache`` (output-level KD only: features are not cached)."""
-        spec = self.cfg.teacher
-        if spec is None or not spec.cache:
-            return None
-        if self.distiller.needs_features:
-            self._log(f"teacher.cache: off for {self.cfg.kd.method}, which distils features (only outputs "
-                      "are cached)")
-            return None
-        root = Path(spec.cache_dir) if spec.cache_dir else self.run_dir.parent / ".teacher-cache"
-        return kd.TeacherCache(spec.checkpoint, root, self.device, self.amp_dtype)
-
-    def _scheduler(self):
-        o = self.cfg.optim
-        if o.scheduler == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
-        if o.scheduler == "step":
-            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.step_size, gamma=o.gamma)
-        if o.scheduler == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=o.gamma,
-                                                              patience=o.patience)
-        return None
 
     # ------------------------------------------------------------------ checkpoints
     def _new_running(self) -> dict[str, Any]:
@@ -430,17 +502,6 @@ class Trainer:
         return (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                 else nullcontext())
 
-    @torch.no_grad()
-    def _teacher_outputs(self, noisy: torch.Tensor) -> tuple[torch.Tensor | None, dict | None]:
-        """The frozen teacher's output (from the cache when there is one) and, for feature KD, features."""
-        if self.teacher is None:
-            return None, None
-        if self.distiller.needs_features:
-            return self.teacher(noisy, return_features=True)
-        if self.teacher_cache is not None:
-            return self.teacher_cache(self.teacher, noisy), None
-        return self.teacher(noisy), None
-
     def _grad_norms(self, se: torch.Tensor, kd_loss: torch.Tensor) -> list[float]:
         """L2 norms of the gradients of ``L_SE`` and of the unweighted ``KD`` w.r.t. the student's
         parameters (under DDP of the gradients averaged over ranks, as the optimiser sees them); the
@@ -476,8 +537,7 @@ class Trainer:
         for batch in islice(self._loader(0), kd_cfg.balance_batches):
             noisy, clean = batch["noisy"].to(self.device), batch["clean"].to(self.device)
             with self._autocast():
-                teacher_out, teacher_features = self._teacher_outputs(noisy)
-                se, kd_loss, _ = self.local_objective(noisy, clean, teacher_out, teacher_features)
+                se, kd_loss, _ = self.training_step.losses(noisy, clean, local=True)
             sums += torch.tensor([*self._grad_norms(se, kd_loss), 1.0], dtype=torch.float64)
         for module, state in zip((self.student, self.distiller), saved):
             module.load_state_dict(state)
@@ -497,8 +557,7 @@ class Trainer:
         noisy = batch["noisy"].to(self.device, non_blocking=True)
         clean = batch["clean"].to(self.device, non_blocking=True)
         with self._autocast():
-            teacher_out, teacher_features = self._teacher_outputs(noisy)
-            se, kd_loss, parts = self.objective(noisy, clean, teacher_out, teacher_features)
+            se, kd_loss, parts = self.training_step.losses(noisy, clean)
             loss = self.distiller.combine(se, kd_loss)
         self._check_finite(loss)
         if kd_loss is not None and self.batch == 0:
@@ -536,9 +595,7 @@ class Trainer:
             counts[name] = counts[name] + step if name in counts else step
 
     def _set_train(self, mode: bool) -> None:
-        self.objective.train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
+        self.training_step.train(mode)
 
     def _end_epoch(self) -> None:
         """Validate, step the epoch schedulers, log, checkpoint ``last.pt`` (and ``best.pt``)."""
