@@ -88,17 +88,16 @@ class PairedDataset(Dataset, ABC):
 
 
 class FilePairs(PairedDataset):
-    """Noisy/clean pairs from files: ``pairs`` is a list of ``(id, noisy_path, clean_path)``.
-    With ``preload`` the 16-bit files are read into memory once (as int16, half the memory);
+    """Noisy/clean pairs from files: ``pairs`` is a list of ``(id, noisy_path, clean_path)``, read when
+    an item is asked for (so every training process stays small; the OS caches the files).
     ``checksums`` maps paths to their SHA-256 (the embedded manifest's), checked as they are read.
     A file that cannot be read (or fails its checksum) raises when its item is asked for, not before,
     so one damaged file does not hide the others."""
 
     def __init__(self, pairs: list[tuple[str, Path, Path]], segment_seconds=None, seed=0,
-                 preload=False, checksums: dict[Path, str] | None = None):
+                 checksums: dict[Path, str] | None = None):
         super().__init__(segment_seconds, seed)
         self.pairs, self.checksums = pairs, checksums or {}
-        self.cache = [self._preload(pair[1:]) for pair in pairs] if preload else None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -106,18 +105,10 @@ class FilePairs(PairedDataset):
     def item_id(self, index: int) -> str:
         return self.pairs[index][0]
 
-    def _preload(self, paths) -> tuple[np.ndarray, ...] | AudioError:
-        try:
-            return tuple(_read_int16(p, self.checksums.get(p)) for p in paths)
-        except AudioError as err:
-            return err
-
     def pair(self, index, rng):
         item_id, noisy, clean = self.pairs[index]
-        if self.cache is not None:
-            if isinstance(self.cache[index], AudioError):
-                raise self.cache[index]
-            return item_id, *(x.astype(np.float32) / 32768.0 for x in self.cache[index])
+        if noisy in self.checksums and clean in self.checksums:    # the embedded corpus: 16-bit, checked
+            return item_id, *(_read_int16(p, self.checksums[p]).astype(np.float32) / 32768.0 for p in (noisy, clean))
         for path in (noisy, clean):
             if path in self.checksums:
                 _read_int16(path, self.checksums[path])
@@ -238,7 +229,7 @@ def _embedded(root: Path, split: str, limit, crop) -> FilePairs:
                              f"delete {root / 'manifest.json'} and call selib.data.build_embedded({str(root)!r})")
     checksums = {root / it[key]: it["sha256"][key] for it in items for key in ("noisy", "clean")
                  if key in it.get("sha256", {})}
-    return FilePairs(pairs, preload=True, checksums=checksums, **crop)
+    return FilePairs(pairs, checksums=checksums, **crop)   # read per item: each training process stays small
 
 
 _VB_LAYOUT = """\
