@@ -178,6 +178,42 @@ def test_summary(model, config: Mapping[str, Any]) -> dict[str, dict]:
     return metrics.evaluate(items, metrics=names, workers=workers).summary
 
 
+def listen(models: Mapping[str, Any], config: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+    """Hear and see the models side by side on one test utterance of a lesson ``config``: a row of
+    audio players (noisy input, each model's output, clean speech) and their spectrograms, with each
+    output's SI-SDR. ``models`` maps a label to a model or to a run checkpoint (``best.pt``, e.g.
+    ``results["kd"]["checkpoint"]["path"]``). Returns the waveforms by label (numpy, 16 kHz)."""
+    import matplotlib.pyplot as plt
+    import torch
+    from IPython.display import HTML, Audio, display
+
+    from selib import data, metrics, plots
+    from selib.checkpoints import load_model
+    from selib.constants import SAMPLE_RATE
+
+    spec = config["data"]
+    item = data.get_dataset(spec["name"], "test", root=spec["root"], limit=index + 1)[index]
+    waves = {"noisy": item["noisy"].numpy()}
+    for label, model in models.items():
+        if not isinstance(model, torch.nn.Module):
+            model, _ = load_model(model)
+        with torch.no_grad():
+            waves[label] = model.eval()(item["noisy"][None])[0].numpy()
+    waves["clean"] = item["clean"].numpy()
+    clean = waves["clean"]
+    cells = "".join(
+        f"<td style='text-align:center'><b>{label}</b><br>"
+        + ("" if label == "clean" else f"SI-SDR {metrics.si_sdr(wav, clean):.1f} dB<br>")
+        + Audio(wav, rate=SAMPLE_RATE, normalize=True)._repr_html_() + "</td>"
+        for label, wav in waves.items())
+    display(HTML(f"<p>test utterance {item['id']}</p><table><tr>{cells}</tr></table>"))
+    fig, axes = plt.subplots(1, len(waves), figsize=(3.2 * len(waves), 2.8), sharey=True, layout="constrained")
+    for ax, (label, wav) in zip(axes, waves.items()):
+        plots.spectrogram(wav, ax=ax, title=label)
+    plt.show()
+    return waves
+
+
 def print_summaries(rows: Mapping[str, Mapping[str, dict]], title: str = "") -> None:
     """One line per model (``name -> summary``) with the mean of each metric over the utterances."""
     names = list(next(iter(rows.values())))

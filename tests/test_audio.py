@@ -48,9 +48,6 @@ def test_stft_round_trip_short_window_uncentred(n_fft, hop, win):
         assert (stft.inverse(spec, length) - x).abs().max().item() < 1e-5
 
 
-
-
-
 @pytest.mark.parametrize("center", [True, False])
 @pytest.mark.parametrize("n_fft,hop,win", [(512, 128, 512), (512, 100, 400), (64, 16, 48)])
 def test_stft_equals_numpy_dft_of_windowed_frames(n_fft, hop, win, center):

@@ -169,9 +169,6 @@ def test_dfkd_zero_for_identical_outputs_and_positive_otherwise(rule):
 # ---------------------------------------------------------------- logit baselines and build()
 
 
-
-
-
 def test_logit_baselines_match_references_and_vanish_for_identical_outputs():
     torch.manual_seed(2)
     student, teacher, clean = torch.randn(2, 4000), torch.randn(2, 4000), torch.randn(2, 4000)

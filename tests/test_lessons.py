@@ -136,9 +136,6 @@ def test_scratch_and_kd_students_share_the_budget(stand_in, budget, tmp_path, mo
     assert stamps == {p: p.stat().st_mtime_ns for p in stamps}
 
 
-
-
-
 def test_test_summary_scores_the_noisy_input_and_a_model(budget, stand_in, capsys):
     config = load(REPO / "configs/lessons/dpdcrn-student.yaml", budget)
     items = list(data.get_dataset("embedded", "test", root=budget["data.root"], limit=2))
@@ -155,6 +152,28 @@ def test_test_summary_scores_the_noisy_input_and_a_model(budget, stand_in, capsy
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["test", "(2", "utt.)", "si_sdr"]
     assert lines[2].split() == ["teacher", f"{scored['si_sdr']['mean']:.3f}"]
+
+
+def test_listen_plays_and_returns_each_models_output_on_one_utterance(budget, stand_in, monkeypatch):
+    import matplotlib
+    from IPython.display import HTML
+
+    matplotlib.use("Agg")
+    config = load(REPO / "configs/lessons/dpdcrn-student.yaml", budget)
+    teacher, checkpoint = stand_in[0], stand_in[1]
+    shown = []
+    monkeypatch.setattr("IPython.display.display", shown.append)     # what a notebook would render
+    waves = lessons.listen({"teacher": teacher, "from checkpoint": checkpoint}, config, index=1)
+    item = data.get_dataset("embedded", "test", root=budget["data.root"], limit=2)[1]
+    with torch.no_grad():
+        expected = teacher(item["noisy"][None])[0].numpy()
+    assert list(waves) == ["noisy", "teacher", "from checkpoint", "clean"]
+    assert np.array_equal(waves["noisy"], item["noisy"].numpy()) and np.array_equal(waves["clean"], item["clean"].numpy())
+    assert np.allclose(waves["teacher"], expected, atol=1e-6) and np.allclose(waves["from checkpoint"], expected, atol=1e-6)
+    html = shown[0].data if isinstance(shown[0], HTML) else str(shown[0])
+    assert html.count("<audio") == 4 and item["id"] in html
+    snr = reference.si_sdr(expected.astype(np.float64), item["clean"].double().numpy())
+    assert f"SI-SDR {snr:.1f} dB" in html
 
 
 def test_quickstart_report_missing_or_foreign(tmp_path):

@@ -14,9 +14,6 @@ def batch(seed=0, shape=(3, 2048)):
     return est, ref
 
 
-
-
-
 @pytest.mark.parametrize("name, zero_mean", [("sisnr", True), ("sisnr-nozm", False)])
 def test_sisnr_losses_are_negated_metric(name, zero_mean):
     est, ref = batch()
@@ -31,9 +28,6 @@ def test_sisnr_losses_are_negated_metric(name, zero_mean):
 def test_neg_si_snr_gradient_matches_finite_differences():
     est, ref = batch(1, (2, 64))
     assert torch.autograd.gradcheck(lambda e: losses.neg_si_snr(e, ref), (est.requires_grad_(),))
-
-
-
 
 
 @pytest.mark.parametrize("name, power", [("spec-mse", 2), ("spec-mae", 1)])

@@ -52,8 +52,6 @@ def clean():
 # ------------------------------------------------------------------------------------------ SI-SDR
 
 
-
-
 def test_si_sdr_spec_example():
     ref, est = np.array([3.0, -0.5, 2.0, 7.0]), np.array([2.5, 0.0, 2.0, 8.0])
     assert M.si_sdr(est, ref, zero_mean=False) == pytest.approx(18.4030, abs=1e-4)

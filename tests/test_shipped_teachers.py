@@ -22,9 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 TOLERANCE_DB = 1e-3
 
 
-
-
-
 def check_teachers(folder: Path) -> list[str]:
     """Assert every ``<name>.pt`` has a ``<name>.json`` and the other way round, each checkpoint's
     SHA-256 is recorded, and its validation SI-SDR is the recorded one; returns the names checked."""

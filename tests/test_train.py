@@ -189,9 +189,6 @@ def test_teacher_stays_frozen_during_distillation(tmp_path):
     assert sum(record["split_hz_hist"]) > 0 and 0 <= record["split_hz_q50"] <= 8000
 
 
-
-
-
 def test_run_writes_the_run_folder_and_test_scores_the_best_checkpoint(tmp_path, corpus):
     cfg = load(BASE, {"optim.epochs": 2, "eval.metrics": ["si_sdr", "stoi"], "data.root": corpus,
                       "data.train_limit": 8})
