@@ -134,7 +134,7 @@ def cmd_enhance(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from selib.experiments import load_model
+    from selib.checkpoints import load_model
     from selib.export import ONNX_OPSET, export_files
 
     model, _ = load_model(args.checkpoint)

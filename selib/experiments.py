@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from selib.checkpoints import load_model  # noqa: F401  (lessons import it from here)
 from selib.runs import DONE, RunDir, run_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -537,24 +536,17 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
     """
     import shutil
 
-    from selib import teachers
-    from selib.config import load
-
     runs_root, data_override = Path(runs_root), {"data.root": str(data_root)}
     configs = sorted(Path(configs_dir).glob("*.yaml"))
     if not configs:
         raise FileNotFoundError(f"{configs_dir}: no course configs (*.yaml) found.")
-    students = [load(path, {**data_override, "seed": int(seed)}) for path in configs for seed in seeds]
-    checkpoints = sorted({Path(cfg.teacher.checkpoint) for cfg in students if cfg.teacher is not None})
-    with _workers(jobs) as run_all:
+    with _workers(jobs) as run_all:     # with jobs > 1, torch is imported by the workers only
         print(f"corpus: {run_all(_build_corpus, [str(data_root)])[0]}", flush=True)
-        missing = [c for c in checkpoints if not c.is_file()]
-        for checkpoint in missing:
-            print(f"{checkpoint}: not shipped; training it from {teachers.CONFIGS / checkpoint.stem}.yaml "
-                  "(make teachers)", flush=True)
-        run_all(_ship_teacher, [(c, runs_root / "teachers", data_override) for c in missing])
-        scored = [(load(teachers.record(c)["config"], data_override).to_dict(), runs_root, c) for c in checkpoints]
-        run_all(_run, scored + [(cfg.to_dict(), runs_root, None) for cfg in students])
+        students, checkpoints = run_all(_plan, [(configs, seeds, data_override)])[0]
+        run_all(_ship_teacher, [(c, runs_root / "teachers", data_override) for c in checkpoints if not c.is_file()])
+        scored = run_all(_teacher_config, [(c, data_override) for c in checkpoints])
+        run_all(_run, [(cfg, runs_root, c) for cfg, c in zip(scored, checkpoints)]
+                + [(cfg, runs_root, None) for cfg in students])
     table = report(runs_root, runs_root)
     print((runs_root / "report.md").read_text(), flush=True)
     if results is not None:
@@ -587,12 +579,33 @@ def _build_corpus(root: str) -> Path:
     return data.build_embedded(root)
 
 
+def _plan(job: tuple[list[Path], tuple, dict]) -> tuple[list[dict], list[Path]]:
+    """The resolved student configs (one per config and seed) and the teacher checkpoints they name."""
+    from selib.config import load
+
+    configs, seeds, overrides = job
+    students = [load(path, {**overrides, "seed": int(seed)}) for path in configs for seed in seeds]
+    checkpoints = sorted({Path(cfg.teacher.checkpoint) for cfg in students if cfg.teacher is not None})
+    return [cfg.to_dict() for cfg in students], checkpoints
+
+
+def _teacher_config(job: tuple[Path, dict]) -> dict:
+    """The config a shipped teacher was trained with (its record), to score it on the test split."""
+    from selib import teachers
+    from selib.config import load
+
+    checkpoint, overrides = job
+    return load(teachers.record(checkpoint)["config"], overrides).to_dict()
+
+
 def _ship_teacher(job: tuple[Path, Path, dict]) -> dict:
     """Train a course teacher that is not shipped (``make teachers`` does the same)."""
     from selib import teachers
 
     checkpoint, runs_root, overrides = job
-    return teachers.ship(teachers.CONFIGS / f"{checkpoint.stem}.yaml", checkpoint.parent, runs_root, overrides)
+    config = teachers.CONFIGS / f"{checkpoint.stem}.yaml"
+    print(f"{checkpoint}: not shipped; training it from {config} (make teachers)", flush=True)
+    return teachers.ship(config, checkpoint.parent, runs_root, overrides)
 
 
 def _run(job: tuple[dict, Path, Path | None]) -> dict:

@@ -67,7 +67,7 @@ def course_teacher(family: str, teachers_dir: str | Path = TEACHERS_DIR, runs_di
     """
     from selib import train
     from selib.config import load
-    from selib.experiments import load_model
+    from selib.checkpoints import load_model
 
     shipped = Path(teachers_dir) / f"{family}-tiny-teacher.pt"
     if shipped.is_file():

@@ -19,8 +19,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
-
 from selib.runs import RunDir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +63,8 @@ def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | 
          overrides=None) -> dict:
     """Train one teacher config and write ``<folder>/<name>.pt`` and its record ``<folder>/<name>.json``;
     returns the record. A finished run in ``runs_root`` is reused (delete it to train again)."""
+    import torch
+
     from selib import models, train
     from selib.config import ConfigError, load
     from selib.kd.cache import file_sha256
