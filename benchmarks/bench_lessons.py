@@ -1,9 +1,9 @@
 """Wall time and peak memory of each lesson, run top to bottom in a fresh kernel from a clean ``runs/``.
 
 Each lesson runs alone, one after another, in a new kernel (nbclient) inside a temporary copy of the
-repository (``pyproject.toml``, ``configs/``, ``notebooks/``), so nothing committed changes and ``runs/``
-starts empty: a lesson that needs a trained teacher finds none cached and trains its own, as on a machine
-that has run no other lesson. The embedded corpus is linked in from ``data/embedded`` when it is built
+repository (``pyproject.toml``, ``configs/``, ``notebooks/``, the shipped ``teachers/`` and the quick
+start's committed results), so nothing committed changes and ``runs/`` starts empty: a lesson finds no
+student cached by another lesson and trains what it needs, as on a machine that has run no other lesson. The embedded corpus is linked in from ``data/embedded`` when it is built
 (building it takes under a minute; ``--build-corpus`` makes every lesson build its own copy instead).
 The kernel imports selib from this checkout and gets 2 BLAS/torch threads, as on Binder.
 
@@ -12,10 +12,12 @@ Peak memory is the largest total proportional set size (PSS) of the kernel and e
 CPU time is the user + system time of the same processes (each one's own, sampled as well, so a child
 that lives under 0.2 s is missed): unlike the wall time, it hardly depends on what else the machine runs.
 
-    python benchmarks/bench_lessons.py [--lessons 00 01 ...] [--write]
+    python benchmarks/bench_lessons.py [--lessons 00 01 ...] [--write] [--save-notebooks]
 
 Prints one line per lesson, appends them to ``benchmarks/results/lessons.jsonl`` and, with ``--write``,
-puts them into the table of lesson times in ``notebooks/README.md``. Budget per lesson: 4 minutes and
+puts them into the table of lesson times in ``notebooks/README.md``; ``--save-notebooks`` writes each
+lesson that ran without error back to ``notebooks/`` with its outputs (what ``make notebooks`` does,
+measured). Budget per lesson: 4 minutes and
 2 GB on 2 cores; the exit code is 1 if a lesson fails or exceeds it.
 """
 from __future__ import annotations
@@ -60,21 +62,24 @@ def scratch_copy(dest: Path, build_corpus: bool) -> None:
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
     shutil.copytree(ROOT / "configs", dest / "configs")
     shutil.copytree(ROOT / "notebooks", dest / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(ROOT / "teachers", dest / "teachers")
+    shutil.copytree(ROOT / "benchmarks" / "results" / "quickstart", dest / "benchmarks" / "results" / "quickstart")
     (dest / "data").mkdir()
     corpus = ROOT / "data" / "embedded"
     if not build_corpus and (corpus / "manifest.json").is_file():
         (dest / "data" / "embedded").symlink_to(corpus.resolve())
 
 
-def run_lesson(path: Path, build_corpus: bool) -> dict:
-    """Execute one lesson in a fresh kernel in a scratch copy; its wall time, peak PSS and outcome."""
+def run_lesson(path: Path, build_corpus: bool, save: bool = False) -> dict:
+    """Execute one lesson in a fresh kernel in a scratch copy; its wall time, peak PSS and outcome
+    (``save``: the executed lesson replaces ``notebooks/<lesson>`` when every cell ran)."""
     with tempfile.TemporaryDirectory(prefix="selib-lesson-") as tmp:
         scratch_copy(Path(tmp), build_corpus)
         notebook = Path(tmp) / "notebooks" / path.name
         nb = nbformat.read(notebook, as_version=4)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
-        client = NotebookClient(nb, timeout=1200, kernel_name="python3",
+        client = NotebookClient(nb, timeout=1200, kernel_name="python3", record_timing=False,
                                 resources={"metadata": {"path": str(notebook.parent)}})
         peak, cpu_ticks, done = [0.0], {}, threading.Event()
 
@@ -97,6 +102,8 @@ def run_lesson(path: Path, build_corpus: bool) -> dict:
         wall = time.perf_counter() - start
         done.set()
         sampler.join()
+        if save and error is None:
+            nbformat.write(nb, path)
     return {"lesson": path.name, "title": lesson_title(path), "ok": error is None, "error": error,
             "wall_s": round(wall, 1), "cpu_s": round(sum(cpu_ticks.values()) / os.sysconf("SC_CLK_TCK"), 1),
             "peak_pss_mib": round(peak[0]), "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -145,11 +152,13 @@ def main() -> int:
     parser.add_argument("--lessons", nargs="+", metavar="NN", help="lesson numbers (default: every lesson)")
     parser.add_argument("--build-corpus", action="store_true", help="let each lesson build the corpus itself")
     parser.add_argument("--write", action="store_true", help="update the table in notebooks/README.md")
+    parser.add_argument("--save-notebooks", action="store_true",
+                        help="write each executed lesson back to notebooks/ with its outputs")
     args = parser.parse_args()
     failed = False
     (HERE / "results").mkdir(exist_ok=True)
     for path in lesson_paths(args.lessons):
-        figures = run_lesson(path, args.build_corpus)
+        figures = run_lesson(path, args.build_corpus, args.save_notebooks)
         over = figures["wall_s"] > BUDGET_S or figures["peak_pss_mib"] > BUDGET_MIB
         failed |= over or not figures["ok"]
         print(f"{path.name}: {'ok' if figures['ok'] else figures['error']}, wall {figures['wall_s']:.0f} s, "
