@@ -92,10 +92,12 @@ def test_output_has_the_input_length(family, preset):
 def test_causal_flag_and_lookahead_are_what_the_model_does(family, preset):
     """Change the input after sample t: a causal model keeps every output up to t - lookahead, a
     non-causal one changes some output up to t (it hears the future)."""
-    model = _model(family, preset).double().eval()
+    model = _model(family, preset).eval()
+    dtype = torch.float64 if model.causal else torch.float32    # exactness needs float64, a change does not
+    model = model.to(dtype)
     length = 6000 if preset.startswith("tiny") else 3200
     t = length // 2
-    noisy = 0.3 * torch.randn(1, length, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    noisy = 0.3 * torch.randn(1, length, generator=torch.Generator().manual_seed(1), dtype=dtype)
     changed = noisy.clone()
     changed[:, t + 1:] += 1.0
     with torch.no_grad():
