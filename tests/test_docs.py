@@ -124,7 +124,7 @@ def test_the_check_catches_documents_from_outside(tmp_path):
     citing = tmp_path / "selib" / "kd" / "dfkd.py"
     citing.parent.mkdir(parents=True)
     bad = ('"""DFKD (spec ``dfkd.md`` §5, §6); batch 8 (i2s_tfckd.md 4); presets: models.md 6.3;\n'
-           'see ../../../shared/spec/metrics.md and docs/kd.md#dfkd-ablations and docs/kd.md, "Temperature"\n'
+           'see ../../../notes/outside/metrics.md and docs/kd.md#dfkd-ablations and docs/kd.md, "Temperature"\n'
            'and docs/kd.md#not-a-heading."""\n')
     found = problems(bad, citing, tmp_path)
     assert len(found) == 7, found
