@@ -15,7 +15,8 @@ that lives under 0.2 s is missed): unlike the wall time, it hardly depends on wh
     python benchmarks/bench_lessons.py [--lessons 00 01 ...] [--write] [--save-notebooks]
 
 Prints one line per lesson, appends them to ``benchmarks/results/lessons.jsonl`` and, with ``--write``,
-puts them into the table of lesson times in ``notebooks/README.md``; ``--save-notebooks`` writes each
+puts them into the table of lesson times in ``notebooks/README.md`` and into each lesson's own "**Time.**"
+paragraph; ``--save-notebooks`` writes each
 lesson that ran without error back to ``notebooks/`` with its outputs (what ``make notebooks`` does,
 measured). Budget per lesson: 4 minutes and
 2 GB on 2 cores; the exit code is 1 if a lesson fails or exceeds it.
@@ -147,11 +148,29 @@ def write_table(rows: dict[str, str], readme: Path) -> None:
     readme.write_text(f"{head}{TABLE_BEGIN}\n{body}\n{TABLE_END}{tail}")
 
 
+TIME_PARAGRAPH = re.compile(r"\*\*Time\.\*\*.*?(?=\n\n|\Z)", re.DOTALL)
+
+
+def write_time(path: Path, figures: dict) -> None:
+    """Put the measured figures into the lesson's own "**Time.**" paragraph (its first cell)."""
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0]
+    if not TIME_PARAGRAPH.search(first.source):
+        raise SystemExit(f"{path}: its first cell has no '**Time.**' paragraph to hold the measured time; add one")
+    sentence = (f"**Time.** Measured by `benchmarks/bench_lessons.py` on {figures['date'][:10]}: "
+                f"{figures['wall_s']:.0f} s wall time ({figures['cpu_s']:.0f} s of CPU time) from a fresh kernel on "
+                f"{figures['cores']} CPU cores (load average {figures['load_avg_1min_at_end']:g} at the end), at most "
+                f"{figures['peak_pss_mib']:,d} MiB; the [lesson list](README.md) has every lesson's figures.")
+    first.source = TIME_PARAGRAPH.sub(lambda _: sentence, first.source, count=1)
+    nbformat.write(nb, path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lessons", nargs="+", metavar="NN", help="lesson numbers (default: every lesson)")
     parser.add_argument("--build-corpus", action="store_true", help="let each lesson build the corpus itself")
-    parser.add_argument("--write", action="store_true", help="update the table in notebooks/README.md")
+    parser.add_argument("--write", action="store_true",
+                        help="update the table in notebooks/README.md and each lesson's Time paragraph")
     parser.add_argument("--save-notebooks", action="store_true",
                         help="write each executed lesson back to notebooks/ with its outputs")
     args = parser.parse_args()
@@ -167,8 +186,9 @@ def main() -> int:
               + (" - over the budget of 4 min / 2 GB" if over else ""), flush=True)
         with open(HERE / "results" / "lessons.jsonl", "a") as f:
             f.write(json.dumps(figures) + "\n")
-        if args.write:   # after every lesson, so an interrupted run keeps what it measured
+        if args.write and figures["ok"]:   # after every lesson, so an interrupted run keeps what it measured
             write_table({path.name[:2]: table_row(figures)}, ROOT / "notebooks" / "README.md")
+            write_time(path, figures)
     return 1 if failed else 0
 
 

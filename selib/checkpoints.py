@@ -37,6 +37,17 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     return write_atomically(path, buffer.getbuffer())
 
 
+SHIPPED_KEYS = ("model", "config", "step")   # what a model needs outside its run folder
+
+
+def save_model_only(source: str | Path, dest: str | Path) -> Path:
+    """Copy the run checkpoint ``source`` to ``dest`` with only its weights, config and step (no
+    optimiser, scheduler or RNG state: a third of the size), for shipping a trained model with the
+    repository; :func:`load_model` reads it like the original (lesson ``11_results_and_deployment``)."""
+    state = load_checkpoint(source)
+    return save_checkpoint({key: state[key] for key in SHIPPED_KEYS if key in state}, dest)
+
+
 def verify_checkpoint(path: str | Path, fix: str = DEFAULT_FIX) -> None:
     """Raise :class:`CheckpointError` unless ``path`` is a complete zip file whose members all pass
     their CRC-32 check (what ``torch.save`` writes; torch itself does not check the CRCs)."""

@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": {"se": "sisnr"},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "epochs": 10, "max_steps": None,
               "grad_clip": 5.0, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 2,
-              "amp": "auto", "checkpoint_every": 50},
+              "amp": "auto", "compile": False, "checkpoint_every": 50},
     "eval": {"metrics": ["pesq_wb", "stoi", "si_sdr"], "workers": 2, "every_epochs": 1},
 }
 TEACHER_DEFAULTS: dict[str, Any] = {"family": None, "preset": None, "checkpoint": None, "overrides": {},
@@ -291,6 +291,7 @@ CHECKS: dict[str, Callable[[Any, dict], str | None]] = {
     "optim.gamma": _number(float, 0, strict=True),
     "optim.patience": _number(int, 0),
     "optim.amp": _choice(AMP_MODES),
+    "optim.compile": _boolean,
     "optim.checkpoint_every": _number(int, 0),
     "eval.metrics": _metrics,
     "eval.workers": _number(int, 1, optional=True),

@@ -521,7 +521,8 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
                jobs: int = 1) -> list[dict]:
     """What ``make quickstart`` runs: build the embedded corpus, score the course teachers, train every
     course student config for each seed, then print and write the report to ``<runs_root>/report.md``
-    (and copy the ``report*`` files to ``results``, e.g. ``benchmarks/results/quickstart``).
+    (and copy the ``report*`` files to ``results``, e.g. ``benchmarks/results/quickstart``, with the
+    weights of the first seed's students in ``results/models``).
 
     The students' teachers are shipped checkpoints (``teacher.checkpoint: teachers/<name>.pt`` with its
     record ``<name>.json``; :mod:`selib.teachers`); a missing one is trained first from
@@ -547,6 +548,8 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
         scored = run_all(_teacher_config, [(c, data_override) for c in checkpoints])
         run_all(_run, [(cfg, runs_root, c) for cfg, c in zip(scored, checkpoints)]
                 + [(cfg, runs_root, None) for cfg in students])
+        if results is not None:
+            run_all(_ship_students, [(students, seeds[0], runs_root, Path(results) / "models")])
     table = report(runs_root, runs_root)
     print((runs_root / "report.md").read_text(), flush=True)
     if results is not None:
@@ -554,6 +557,19 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
         for path in sorted(runs_root.glob("report*")):
             shutil.copy2(path, Path(results) / path.name)
     return table
+
+
+def _ship_students(job: tuple[list[dict], int, Path, Path]) -> None:
+    """The weights of every student of ``seed`` as ``<folder>/<run name>.pt`` (model, config and step
+    only), so that lesson 11 can play the quick start's students without retraining them."""
+    from selib.checkpoints import save_model_only
+
+    students, seed, runs_root, folder = job
+    folder.mkdir(parents=True, exist_ok=True)
+    for cfg in students:
+        run = RunDir(runs_root / run_name(cfg["name"], cfg["seed"]))
+        if cfg["seed"] == seed and run.best.is_file():
+            save_model_only(run.best, folder / f"{run.name}.pt")
 
 
 @contextmanager

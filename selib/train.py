@@ -214,6 +214,9 @@ def build(config: Config, device: torch.device, train_set: Dataset | None = None
                           "data.train_limit.")
     student = models.build(cfg.model.family, cfg.model.preset, **cfg.model.overrides).to(device)
     teacher = _load_teacher(cfg.teacher, device) if cfg.teacher is not None else None
+    if cfg.optim.compile:   # in place: the state dict keeps its keys, so checkpoints do not change
+        for model in (student, teacher) if teacher is not None else (student,):
+            model.compile()
     distiller = kd.build(cfg.kd.method, student, teacher, weight=cfg.kd.weight, options=dict(cfg.kd.options),
                          se_loss=cfg.loss.se, batch_size=data.batch_size // world,
                          segment_samples=int(round(data.segment_seconds * student.sample_rate))).to(device)

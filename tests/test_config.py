@@ -39,7 +39,7 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
 
 @pytest.mark.parametrize("data, overrides, key, valid", [
     ({"optimm": {}}, None, "'optimm'", "data, device, eval, kd, loss, model, name, optim, role, seed, teacher"),
-    ({"optim": {"schedulr": "cosine"}}, None, "'optim.schedulr'", "amp, checkpoint_every, epochs"),
+    ({"optim": {"schedulr": "cosine"}}, None, "'optim.schedulr'", "amp, checkpoint_every, compile, epochs"),
     ({}, {"data.batchsize": 4}, "'data.batchsize'", "batch_size, name, num_workers"),
     ({"kd": {"method": "dfkd"}, "teacher": {**TEACHER, "path": "x"}}, None, "'teacher.path'",
      "checkpoint, family, overrides, preset"),

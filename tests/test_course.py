@@ -34,7 +34,9 @@ def lesson_with_solutions() -> nbformat.NotebookNode:
     note.metadata["tags"] = ["solution"]
     bare = nbformat.v4.new_code_cell("z = 2 * x")
     bare.metadata["tags"] = ["solution"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# 00 · A lesson\n\n[badge](../binder/README.md)"), ran,
+    links = ("# 00 · A lesson\n\n[badge](../binder/README.md), [next](01_plain.ipynb), "
+             "[web](https://example.org/a.md), `x[i](t_out)`, [eq](../docs/kd.md)")
+    nb.cells = [nbformat.v4.new_markdown_cell(links), ran,
                 nbformat.v4.new_markdown_cell("## Exercises\n\n### Exercise 0.1 — roots"), solution, note, bare]
     return nb
 
@@ -80,6 +82,10 @@ def test_exercise_version_stubs_solutions_keeps_setup_and_clears_outputs(tmp_pat
     assert all(c.outputs == [] and c.execution_count is None and "execution" not in c.metadata
                for c in ex.cells if c.cell_type == "code")
     assert "x = 1\nprint(x)" in sources and "## Exercises\n\n### Exercise 0.1 — roots" in sources
+    # one folder below the lesson: relative file links gain a ../, web links and code do not
+    assert sources[1] == ("# 00 · A lesson\n\n[badge](../../binder/README.md), [next](../01_plain.ipynb), "
+                          "[web](https://example.org/a.md), `x[i](t_out)`, "
+                          "[eq](../../docs/kd.md)")
 
 
 def test_check_reports_an_exercise_notebook_that_lags_its_lesson(tmp_path):
@@ -154,3 +160,26 @@ def test_lesson_time_table_replaces_measured_rows_and_keeps_the_others(tmp_path)
     readme.write_text("no table here\n")
     with pytest.raises(SystemExit, match="no table of lesson times"):
         bench_lessons.write_table({}, readme)
+
+
+def test_lesson_time_paragraph_takes_the_measured_figures_and_keeps_the_rest(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_lessons
+
+    lesson = tmp_path / "00_lesson.ipynb"
+    nb = lesson_with_solutions()
+    nb.cells[0].source = "# 00 · A lesson\n\n**Time.** About a minute,\nsomewhere.\n\n**What you will be able to do**"
+    nbformat.write(nb, lesson)
+    figures = {"date": "2026-12-01 16:10", "wall_s": 61.4, "cpu_s": 90.2, "cores": 2,
+               "load_avg_1min_at_end": 1.5, "peak_pss_mib": 1117}
+    bench_lessons.write_time(lesson, figures)
+    written = nbformat.read(lesson, as_version=4)
+    assert written.cells[0].source == (
+        "# 00 · A lesson\n\n**Time.** Measured by `benchmarks/bench_lessons.py` on 2026-12-01: 61 s wall time "
+        "(90 s of CPU time) from a fresh kernel on 2 CPU cores (load average 1.5 at the end), at most 1,117 MiB; "
+        "the [lesson list](README.md) has every lesson's figures.\n\n**What you will be able to do**")
+    assert [c.source for c in written.cells[1:]] == [c.source for c in nb.cells[1:]]
+    nb.cells[0].source = "# 00 · A lesson without a time"
+    nbformat.write(nb, lesson)
+    with pytest.raises(SystemExit, match="no '\\*\\*Time.\\*\\*' paragraph"):
+        bench_lessons.write_time(lesson, figures)

@@ -60,9 +60,9 @@ def _normalise(text: str) -> str:
     return " ".join(text.split()).casefold().removesuffix("...").removesuffix("…").rstrip()
 
 
-def problems(text: str, citing: Path, root: Path = ROOT, folder: Path | None = None) -> list[str]:
+def problems(text: str, citing: Path, root: Path = ROOT) -> list[str]:
     """What is wrong with the ``*.md`` citations of ``text``, a part of the file ``citing``; relative paths
-    resolve against ``folder`` (default: the folder of ``citing``) or the repository root."""
+    resolve against the folder of ``citing`` or the repository root."""
     found = []
     text = _URL.sub(lambda m: " " * len(m[0]), text)  # web addresses are not repository citations
     for match in _CITATION.finditer(text):
@@ -71,7 +71,7 @@ def problems(text: str, citing: Path, root: Path = ROOT, folder: Path | None = N
             continue
         line = text.count("\n", 0, match.start()) + 1
         where = f"{citing.relative_to(root) if citing.is_relative_to(root) else citing}:{line}: {match[0]!r}"
-        targets = [p.resolve() for p in ((folder or citing.parent) / ref, root / ref)]
+        targets = [p.resolve() for p in (citing.parent / ref, root / ref)]
         target = next((p for p in targets if p.is_file() and p.is_relative_to(root.resolve())), None)
         if target is None:
             found.append(f"{where} names a document that is not in the repository")
@@ -108,10 +108,7 @@ def test_scanned_files_include_every_kind():
 
 @pytest.mark.parametrize("path", scanned_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_cited_documents_exist(path):
-    # An exercise notebook is a derived copy of its lesson (tools/course.py): its text, links included, is
-    # the lesson's, so it is read from the lesson's folder.
-    folder = path.parent.parent if path.parent.name == "exercises" else None
-    found = [problem for part in _parts(path) for problem in problems(part, path, folder=folder)]
+    found = [problem for part in _parts(path) for problem in problems(part, path)]
     assert not found, "\n".join(found)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from selib import data, experiments, models, plots
+from selib import checkpoints, data, experiments, models, plots
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = REPO / "configs/smoke/dccrn-tiny-teacher.yaml"
@@ -189,7 +189,14 @@ def test_quickstart_scores_the_shipped_teacher_and_pairs_each_kd_student_with_it
     # The shipped teacher is scored, not trained again; every student trained for both seeds.
     assert (runs_root / "tiny-teacher-s0" / "metrics.json").is_file()
     assert not (runs_root / "tiny-teacher-s0" / "last.pt").exists()
-    assert sorted(p.name for p in results.iterdir()) == sorted(p.name for p in runs_root.glob("report*"))
+    assert sorted(p.name for p in results.glob("report*")) == sorted(p.name for p in runs_root.glob("report*"))
+    # the first seed's students are shipped as model-only checkpoints that rebuild the trained weights
+    assert sorted(p.name for p in (results / "models").iterdir()) == ["logits-s0.pt", "scratch-s0.pt"]
+    shipped_model, shipped_config = checkpoints.load_model(results / "models" / "logits-s0.pt")
+    trained = torch.load(runs_root / "logits-s0" / "best.pt", weights_only=True)
+    assert set(torch.load(results / "models" / "logits-s0.pt", weights_only=True)) == {"model", "config", "step"}
+    assert shipped_config["kd"]["method"] == "logits-sisnr"
+    assert all(torch.equal(shipped_model.state_dict()[k], v) for k, v in trained["model"].items())
     written = json.loads((results / "report.json").read_text())
     rows = [r for r in written["paired"] if r["metric"] == "si_sdr" and r["snr_db"] == "all"]
     assert len(rows) == 1 and rows[0]["teacher"] == "tiny-teacher" and rows[0]["n_seeds"] == 2

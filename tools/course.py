@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTION_TAG = "solution"
 SCAFFOLD_MARKER = "# --- solution ---"
+# A relative Markdown link to a file (``](../docs/kd.md#dfkd-loss)``, ``](README.md)``): exercise copies live
+# one folder below their lesson, so exercise_version prefixes these with ``../``.
+RELATIVE_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+\.(?:md|ipynb|png|svg|jpg|yaml|py)(?:#[^)\s]*)?)\)")
 BINDER_LINK = "(../binder/README.md)"
 # Files the book shows besides the lessons (paths relative to the repository root).
 BOOK_PAGES = ["notebooks/README.md", "notebooks/course_quiz.md", "binder/README.md", "docs/kd.md",
@@ -59,6 +63,8 @@ def exercise_version(nb, lesson_name: str):
     for cell in ex.cells:
         if is_solution(cell) and cell.cell_type == "markdown":
             continue
+        if cell.cell_type == "markdown":
+            cell.source = RELATIVE_LINK.sub(r"](../\1)", cell.source)
         if cell.cell_type == "code":
             if is_solution(cell):
                 lines = cell.source.splitlines()
