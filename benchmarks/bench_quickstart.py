@@ -1,7 +1,7 @@
 """Wall time, CPU time and peak memory of the quick start (``selib quickstart``, what ``make quickstart``
 runs), measured from outside: the quick start runs as a child process; ``getrusage(RUSAGE_CHILDREN)``
 gives the CPU time of every process it waited for (the quick start and its metric workers) and the peak RSS
-of the largest one, and a sampler adds up the proportional set size (PSS: shared library pages split
+of the largest one (each run's own peak is in its ``metrics.json``: every run has a process of its own), and a sampler adds up the proportional set size (PSS: shared library pages split
 between the processes that map them) of the whole process tree once a second, which is what a memory
 limit such as Binder's counts.
 
@@ -90,6 +90,14 @@ def main() -> int:
           f"peak RSS {figures['peak_rss_mib']:.0f} MiB (largest single process), "
           f"peak total PSS {figures['peak_total_pss_mib']:.0f} MiB (all processes together), "
           f"{figures['cores']} cores, load {figures['load_avg_1min_at_end']}")
+    runs = {}
+    for path in sorted((HERE.parent / args.runs_root).glob("*/metrics.json")):   # each run's own figures
+        timing = json.loads(path.read_text())["timing"]
+        runs[path.parent.name] = {"train_s": round(timing["train_seconds"], 1),
+                                  "peak_rss_mib": round(timing.get("process_peak_rss_mib", float("nan")))}
+        print(f"  {path.parent.name:26} train {runs[path.parent.name]['train_s']:7.1f} s, "
+              f"peak RSS of its process {runs[path.parent.name]['peak_rss_mib']} MiB")
+    figures["runs"] = runs
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     with open(results / "quickstart.jsonl", "a") as f:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -685,7 +686,9 @@ class Trainer:
                            "valid_si_sdr": state["best"]},
             "timing": {"train_seconds": sum(r["seconds"] for r in state["history"]),
                        "enhance_seconds": timing["enhance_seconds"],
-                       "test_audio_seconds": timing["audio_seconds"], "eval_seconds": timing["eval_seconds"]},
+                       "test_audio_seconds": timing["audio_seconds"], "eval_seconds": timing["eval_seconds"],
+                       # the largest resident memory of this process so far (a quick-start run has its own)
+                       "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
             "history": self.history, "config": self.cfg.to_dict(),
         }
         self.run.metrics.write_text(json.dumps(summary, indent=1, default=float))
@@ -716,7 +719,6 @@ def dry_run(config: Config | Mapping | str | Path, steps: int = 3) -> dict[str, 
     time per epoch and for the whole run, without training or writing anything: the trainer works
     in a temporary folder that is deleted. A batch that does not fit in GPU memory is a
     :class:`ConfigError` naming ``data.batch_size`` (what ``selib train --dry-run`` prints)."""
-    import resource
     import statistics
     import tempfile
 

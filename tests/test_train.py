@@ -230,3 +230,6 @@ def test_run_writes_the_run_folder_and_test_scores_the_best_checkpoint(tmp_path,
     assert [r["id"] for r in rows] == [item["id"] for item in test_set]
     assert result["checkpoint"]["valid_si_sdr"] == max(h["valid_si_sdr"] for h in result["history"])
     assert "epoch 2/2" in (run_dir / "train.log").read_text()
+    with open("/proc/self/status") as f:   # the kernel's own record of this process's peak (VmHWM, kB)
+        high_water_mib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    assert 0 < result["timing"]["process_peak_rss_mib"] <= high_water_mib
