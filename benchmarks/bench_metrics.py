@@ -114,8 +114,9 @@ def main() -> None:
     for name in ("pesq_wb", "pesq_nb", "stoi", "si_sdr", "csig"):
         diff = max((abs(pooled.rows[i][name] - loop_rows[i][name]) for i in ok), default=0.0)
         print(f"  max |evaluate - loop| {name:>7}: {diff:.2e}  (n_ok {pooled.summary[name]['n_ok']}/{n})")
-    same = all(np.array_equal(serial.values(m), pooled.values(m), equal_nan=True) for m in pooled.metrics)
-    print(f"  evaluate(workers=1) and the process pool give identical values: {same}")
+    # the workers' one BLAS thread may round a sum differently from this process's two
+    gap = max(float(np.nanmax(np.abs(serial.values(m) - pooled.values(m)))) for m in pooled.metrics)
+    print(f"  largest |evaluate(workers=1) - process pool| over all metrics: {gap:.1e}")
     print(f"  process pool over the plain loop: {t_loop / t_pool:.2f}x (target >= 1.8x); load average "
           f"{os.getloadavg()[0]:.2f}; best of {args.repeats} rounds")
     print(pooled)

@@ -403,7 +403,13 @@ def _score(task) -> dict:
 
 
 def _init_worker() -> None:
-    torch.set_num_threads(1)  # one process per core; also keeps OpenMP safe after fork
+    """One thread per worker process, one worker per core. Without the BLAS limit each forked worker keeps
+    the parent's BLAS/OpenMP thread pools, and on 2 cores two workers ran no faster than one process
+    (``benchmarks/bench_metrics.py``)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    torch.set_num_threads(1)
 
 
 def _task(item, index: int, sample_rate: int, metrics: tuple) -> tuple:
@@ -506,7 +512,7 @@ def evaluate(items, metrics=DEFAULT_METRICS, workers: int | None = None, csv_pat
         rows = [_score(task) for task in tasks]
     else:
         with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
-            rows = list(pool.map(_score, tasks, chunksize=max(1, len(tasks) // (4 * workers))))
+            rows = list(pool.map(_score, tasks))   # one utterance per task: the cores finish together
     result = EvalResult(metrics, rows, _summary(rows, metrics))
     if csv_path is not None:
         Path(csv_path).parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -669,6 +668,8 @@ class Trainer:
         An unreadable test file is a row with its status and reason; the rest is scored."""
         if self.rank != 0:
             return {}
+        import resource   # POSIX only: imported where the peak memory is read
+
         from selib.inference import enhance_and_score
         best = Path(checkpoint) if checkpoint is not None else self.run.best
         if not best.is_file():
@@ -719,6 +720,7 @@ def dry_run(config: Config | Mapping | str | Path, steps: int = 3) -> dict[str, 
     time per epoch and for the whole run, without training or writing anything: the trainer works
     in a temporary folder that is deleted. A batch that does not fit in GPU memory is a
     :class:`ConfigError` naming ``data.batch_size`` (what ``selib train --dry-run`` prints)."""
+    import resource
     import statistics
     import tempfile
 

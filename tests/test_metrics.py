@@ -217,7 +217,23 @@ def test_evaluate_parallel_in_order_and_monotonic_in_snr(clean):
     # The pool computes what the single-utterance functions compute.
     for (uid, est, ref), row in zip(items, result.rows):
         assert row["pesq_wb"] == M.pesq_wb(est, ref)
-        assert row["si_sdr"] == M.si_sdr(est, ref)
+        assert row["si_sdr"] == pytest.approx(M.si_sdr(est, ref), rel=1e-12)   # 1 vs 2 BLAS threads
+
+
+def _thread_counts() -> tuple[int, set[int]]:
+    from threadpoolctl import threadpool_info
+
+    return torch.get_num_threads(), {pool["num_threads"] for pool in threadpool_info()}
+
+
+def test_evaluate_workers_run_one_thread_each():
+    # Forked workers otherwise keep this process's BLAS/OpenMP pools: 2 workers x 2 threads on 2 cores
+    # made the pool no faster than one process (benchmarks/bench_metrics.py).
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, initializer=M._init_worker) as pool:
+        torch_threads, blas_threads = pool.submit(_thread_counts).result()
+    assert torch_threads == 1 and blas_threads == {1}
     s = result.summary["si_sdr"]
     values = result.values("si_sdr")
     assert s["mean"] == pytest.approx(values.mean()) and s["std"] == pytest.approx(values.std(ddof=1))
