@@ -41,6 +41,11 @@ def _example_and_shapes(model: SEModel, seconds: float):
     unit = time_unit(model)
     units = max(2, round(seconds * model.sample_rate / unit))
     example = torch.randn(2, unit * units, generator=torch.Generator().manual_seed(0))
+    if unit == 1:
+        # Any length (DPTNet's paper layout, stride 1). A named Dim makes export prove every guard it
+        # derives, and it cannot prove the chunk-count guards of the dual-path split although they hold
+        # for every length; Dim.DYNAMIC keeps them as checks of the graph (tests/test_export.py).
+        return example, ({0: Dim("batch", min=1, max=MAX_BATCH), 1: Dim.DYNAMIC},)
     steps = Dim("steps", min=2, max=int(MAX_SECONDS * model.sample_rate) // unit)
     return example, ({0: Dim("batch", min=1, max=MAX_BATCH), 1: unit * steps},)
 

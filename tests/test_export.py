@@ -7,13 +7,8 @@ from selib.export import OnnxModel, export_onnx, export_program, run_program, ti
 from selib.models import FAMILIES, build
 
 # The tiny students in the fast suite; the paper students (the same graphs, wider) are slow.
-# DPTNet's paper student (window 2, chunk 250) does not export yet: torch.export derives guards on its
-# number of chunks that do not hold for every length (benchmarks/RESULTS.md, Export). strict: a fix shows.
-_KNOWN_FAILURES = {("dptnet", "paper-student"): "torch.export: chunk-count guards violate the dynamic time axis"}
 STUDENTS = [pytest.param(f, "tiny-student", id=f"{f}-tiny") for f in FAMILIES] + [
-    pytest.param(f, "paper-student", id=f"{f}-paper", marks=[pytest.mark.slow] + (
-        [pytest.mark.xfail(strict=True, reason=_KNOWN_FAILURES[(f, "paper-student")])]
-        if (f, "paper-student") in _KNOWN_FAILURES else [])) for f in FAMILIES]
+    pytest.param(f, "paper-student", id=f"{f}-paper", marks=pytest.mark.slow) for f in FAMILIES]
 
 
 @pytest.mark.parametrize("family,preset", STUDENTS)
