@@ -1,5 +1,5 @@
-"""Test-wide set-up: ``tests/helpers`` (independent references, test-only data, the training runner)
-is importable from every test module."""
+"""Test-wide set-up: ``tests/helpers`` (independent references, test-only data, the training runner,
+the autograd reach of causal models) is importable from every test module."""
 import sys
 from pathlib import Path
 

@@ -1,8 +1,11 @@
-"""DPDCRN: sizes against the spec's derived counts, shapes, feature taps, non-causality, training."""
+"""DPDCRN: sizes against the spec's derived counts, shapes, feature taps, the causal variant."""
 import pytest
 import torch
+from torch.nn import functional as F
 
 from selib.models import build, presets
+from selib.models.blocks import CumulativeNorm2d
+from reach import future_reach  # tests/helpers
 
 PRESETS = sorted(presets("dpdcrn"))
 
@@ -67,3 +70,35 @@ def test_bad_input_is_rejected():
         model(torch.randn(100))
     with pytest.raises(ValueError, match="heads"):
         build("dpdcrn", "tiny-student", channels=20)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_cumulative_norm_is_the_whole_utterance_norm_of_each_prefix(per_channel):
+    """Frame t of the causal norm equals instance norm / gLN (PyTorch's own) run on frames 0..t."""
+    torch.manual_seed(0)
+    norm = CumulativeNorm2d(3, per_channel, 1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64)
+    reference = (lambda z: F.instance_norm(z, eps=1e-5)) if per_channel else (lambda z: F.group_norm(z, 1, eps=1e-5))
+    expected = torch.stack([reference(x[:, :, :t + 1])[:, :, t] for t in range(7)], 2)
+    expected = expected * norm.weight[:, None, None] + norm.bias[:, None, None]
+    assert torch.allclose(norm.double()(x), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("preset", ["tiny-student", "paper-student"])
+def test_causal_variant_has_the_same_parameters(preset):
+    kwargs = presets("dpdcrn")[preset]
+    assert _stage_params(build("dpdcrn", preset, causal=True)) == closed_form_params(kwargs["channels"], kwargs["layers"])
+
+
+def test_causal_lookahead_is_tight():
+    """Output sample n hears input n + 510 exactly when n is the first non-zero window sample of a frame
+    (frames start at 256 k - 256: the centred STFT pads 256 samples on the left); never anything later."""
+    torch.manual_seed(0)
+    model = build("dpdcrn", "tiny-student", causal=True).double().eval()
+    assert model.causal and model.lookahead == 510
+    reach = future_reach(model, 4000, (1025, 1026, 1100, 2049, 2500))
+    assert max(reach.values()) == reach[1025] == reach[2049] == model.lookahead
+    assert reach[1026] == model.lookahead - 1 and reach[1100] == model.lookahead - 75

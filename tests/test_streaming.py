@@ -5,11 +5,13 @@ import torch
 from selib.models import build
 from selib.streaming import stream, streamer
 
-# Every causal student: DCCRN presets, and Conv-TasNet built causal (cLN) at student width.
+# Every causal student: DCCRN presets, and DPDCRN and Conv-TasNet (cLN) built causal at student width.
 CAUSAL_STUDENTS = [
     pytest.param("dccrn", "tiny-student", {}, id="dccrn-tiny"),
     pytest.param("dccrn", "paper-student", {}, id="dccrn-paper"),
+    pytest.param("dpdcrn", "tiny-student", {"causal": True}, id="dpdcrn-tiny-causal"),
     pytest.param("convtasnet", "tiny-student", {"causal": True, "norm": "cLN"}, id="convtasnet-tiny-causal"),
+    pytest.param("dpdcrn", "paper-student", {"causal": True}, id="dpdcrn-paper-causal"),
     pytest.param("convtasnet", "paper-student", {"causal": True, "norm": "chLN"}, id="convtasnet-paper-causal-chln"),
 ]
 
@@ -19,7 +21,7 @@ def test_streamed_output_equals_offline(family, preset, overrides):
     torch.manual_seed(0)
     model = build(family, preset, **overrides).eval()
     # not a whole number of hops; Conv-TasNet steps every 8 samples, so it gets a shorter input
-    noisy = torch.randn(2, 2_501 if family == "dccrn" else 1_001)
+    noisy = torch.randn(2, 1_001 if family == "convtasnet" else 2_501)
     with torch.no_grad():
         offline = model(noisy)
     streamed = stream(model, noisy)
@@ -27,7 +29,7 @@ def test_streamed_output_equals_offline(family, preset, overrides):
     assert (streamed - offline).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("family,preset,overrides", CAUSAL_STUDENTS[:3])
+@pytest.mark.parametrize("family,preset,overrides", CAUSAL_STUDENTS[:4])
 def test_latency_is_what_the_streamer_holds_back(family, preset, overrides):
     model = build(family, preset, **overrides).eval()
     s = streamer(model)

@@ -37,6 +37,35 @@ class CumulativeLayerNorm(nn.Module):
         return x * self.weight[:, None] + self.bias[:, None]
 
 
+class CumulativeNorm2d(nn.Module):
+    """Causal norm of ``[B, C, T, F]`` (causal DPDCRN, lesson ``05_dpdcrn``): frame ``t`` is normalised
+    with the statistics of frames ``0..t`` over every bin, per channel (``per_channel``: the causal
+    instance norm) or over all channels too (the causal gLN); then a per-channel affine map."""
+
+    def __init__(self, channels: int, per_channel: bool, eps: float):
+        super().__init__()
+        self.per_channel, self.eps = per_channel, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Per-frame sums of ``x`` and ``x**2`` over the normalised axes, and how many values each has."""
+        dims = (3,) if self.per_channel else (1, 3)
+        count = x.shape[3] * (1 if self.per_channel else x.shape[1])
+        return x.sum(dims, keepdim=True), x.pow(2).sum(dims, keepdim=True), count
+
+    def normalise(self, x: torch.Tensor, total: torch.Tensor, power: torch.Tensor, count) -> torch.Tensor:
+        """``x`` normalised with the running sums ``total``, ``power`` of ``count`` values."""
+        mean, power = total / count, power / count
+        x = (x - mean) / torch.sqrt((power - mean.pow(2)).clamp_min(0) + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total, power, count = self.moments(x)
+        counts = count * torch.arange(1, x.shape[2] + 1, device=x.device, dtype=x.dtype)[:, None]
+        return self.normalise(x, total.cumsum(2), power.cumsum(2), counts)
+
+
 class ChannelLayerNorm(nn.LayerNorm):
     """chLN: normalise every frame of ``[B, C, T]`` over its channels alone; causal."""
 

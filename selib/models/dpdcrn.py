@@ -8,7 +8,11 @@ feed-forward block) added back with learned weights ``k1``/``k2``; the decoder r
 dense block and two transposed convolutions back to 257 bins, giving a 2-channel complex mask applied
 in DCCRN-E style (bounded magnitude, phase rotation). There are no encoder-decoder skips.
 
-Non-causal: the time-path attention is unmasked and instance norm uses whole-utterance statistics.
+By default non-causal: the time-path attention is unmasked and the norms use whole-utterance
+statistics. ``causal=True`` (a selib option; the paper's model is non-causal) masks the time-path
+attention to past frames and replaces instance norm and gLN by their cumulative versions
+(:class:`~selib.models.blocks.CumulativeNorm2d`); every other layer already sees only the current and
+past frames, so the causal model streams frame by frame (:mod:`selib.streaming`, lesson 11).
 """
 from __future__ import annotations
 
@@ -18,22 +22,27 @@ from torch.nn import functional as F
 
 from selib.audio import STFT
 from selib.models.base import SEModel
-from selib.models.blocks import GlobalLayerNorm, rnn_sequence
+from selib.models.blocks import CumulativeNorm2d, GlobalLayerNorm, rnn_sequence
 from selib.models.complex import apply_mask
 
 
-def _conv_block(conv: nn.Module, channels: int) -> nn.Sequential:
-    return nn.Sequential(conv, nn.InstanceNorm2d(channels, affine=True), nn.PReLU(channels))
+def _conv_block(conv: nn.Module, channels: int, causal: bool) -> nn.Sequential:
+    norm = CumulativeNorm2d(channels, True, 1e-5) if causal else nn.InstanceNorm2d(channels, affine=True)
+    return nn.Sequential(conv, norm, nn.PReLU(channels))
+
+
+def _layer_norm(channels: int, causal: bool) -> nn.Module:
+    return CumulativeNorm2d(channels, False, 1e-8) if causal else GlobalLayerNorm(channels)
 
 
 class DilatedDenseNet(nn.Module):
     """Densely connected causal convolutions (2 frames x 3 bins, time dilations 1, 2, 4, ...) on
     ``[B, C, T, F]``; layer ``i`` sees the concatenated outputs of all earlier layers."""
 
-    def __init__(self, channels: int, depth: int = 4):
+    def __init__(self, channels: int, depth: int = 4, causal: bool = False):
         super().__init__()
         self.layers = nn.ModuleList(
-            _conv_block(nn.Conv2d(channels * (i + 1), channels, (2, 3), dilation=(2 ** i, 1)), channels)
+            _conv_block(nn.Conv2d(channels * (i + 1), channels, (2, 3), dilation=(2 ** i, 1)), channels, causal)
             for i in range(depth)
         )
 
@@ -46,10 +55,12 @@ class DilatedDenseNet(nn.Module):
 
 class PathLayer(nn.Module):
     """One transformer-style layer on ``[N, L, d]`` sequences: pre-norm multi-head attention with a
-    residual, then a GRU (hidden ``2d``) + ReLU + linear with a residual, each followed by LayerNorm."""
+    residual, then a GRU (hidden ``2d``) + ReLU + linear with a residual, each followed by LayerNorm;
+    ``causal`` masks the attention to the current and earlier positions."""
 
-    def __init__(self, d_model: int, heads: int, bidirectional: bool):
+    def __init__(self, d_model: int, heads: int, bidirectional: bool, causal: bool = False):
         super().__init__()
+        self.causal = causal
         self.norm_in, self.norm_attn, self.norm_out = (nn.LayerNorm(d_model) for _ in range(3))
         self.attention = nn.MultiheadAttention(d_model, heads, batch_first=True)
         self.gru = nn.GRU(d_model, 2 * d_model, batch_first=True, bidirectional=bidirectional)
@@ -57,25 +68,27 @@ class PathLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm_in(x)
-        x = self.norm_attn(x + self.attention(y, y, y, need_weights=False)[0])
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1) if self.causal else None
+        x = self.norm_attn(x + self.attention(y, y, y, need_weights=False, attn_mask=mask, is_causal=self.causal)[0])
         return self.norm_out(x + self.linear(F.relu(rnn_sequence(self.gru, x))))
 
 
 class DualPath(nn.Module):
     """The middle stage: 1x1 conv ``C -> C/2``, ``layers`` dual-path layers (frequency path:
     bidirectional, time path: unidirectional GRU), and a shared PReLU + 1x1 conv ``C/2 -> C`` after
-    every layer; returns the list of those per-layer outputs."""
+    every layer; returns the list of those per-layer outputs. ``causal``: masked time-path attention and
+    cumulative norms."""
 
-    def __init__(self, channels: int, layers: int, heads: int = 4):
+    def __init__(self, channels: int, layers: int, heads: int = 4, causal: bool = False):
         super().__init__()
         d_model = channels // 2
         self.input = nn.Sequential(nn.Conv2d(channels, d_model, 1), nn.PReLU())
         self.k1 = nn.Parameter(torch.ones(1))
         self.k2 = nn.Parameter(torch.ones(1))
         self.freq_paths = nn.ModuleList(PathLayer(d_model, heads, True) for _ in range(layers))
-        self.time_paths = nn.ModuleList(PathLayer(d_model, heads, False) for _ in range(layers))
-        self.freq_norms = nn.ModuleList(GlobalLayerNorm(d_model) for _ in range(layers))
-        self.time_norms = nn.ModuleList(GlobalLayerNorm(d_model) for _ in range(layers))
+        self.time_paths = nn.ModuleList(PathLayer(d_model, heads, False, causal) for _ in range(layers))
+        self.freq_norms = nn.ModuleList(_layer_norm(d_model, causal) for _ in range(layers))
+        self.time_norms = nn.ModuleList(_layer_norm(d_model, causal) for _ in range(layers))
         self.output = nn.Sequential(nn.PReLU(), nn.Conv2d(d_model, channels, 1))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -95,7 +108,8 @@ class DualPath(nn.Module):
 
 class DPDCRN(SEModel):
     """DPDCRN with ``channels`` feature maps and ``layers`` dual-path layers (teacher: 128 / 4,
-    student: 64 / 1) on a Hann STFT (``n_fft`` 512, hop 256).
+    student: 64 / 1) on a Hann STFT (``n_fft`` 512, hop 256); ``causal=True`` for the streaming variant
+    (module docstring; its look-ahead is the STFT window).
 
     ``return_features=True`` adds the I²S-TFCKD taps, ``[B, C, T', F']`` on the STFT frame axis:
     ``encoder`` = conv_1 (129 bins), conv_2 (64), dilated dense block (64); ``middle`` = every
@@ -103,26 +117,26 @@ class DPDCRN(SEModel):
     first transposed conv (129), the 2-channel mask (257).
     """
 
-    causal = False
-    lookahead = None
-
     def __init__(self, channels: int = 128, layers: int = 4, heads: int = 4, n_fft: int = 512,
-                 hop_length: int = 256):
+                 hop_length: int = 256, causal: bool = False):
         super().__init__()
         if channels % 2 or (channels // 2) % heads:
             raise ValueError(f"DPDCRN needs channels / 2 divisible by heads, got channels={channels}, "
                              f"heads={heads}")
         self.stft = STFT(n_fft, hop_length)
+        self.causal = causal
+        # a periodic window's first sample is zero: the last frame that reaches sample n starts at n - 1
+        self.lookahead = n_fft - 2 if causal else None
         c = channels
         self.encoder = nn.ModuleList([
-            _conv_block(nn.Conv2d(2, c, (1, 3), (1, 2), padding=(0, 1)), c),
-            _conv_block(nn.Conv2d(c, c, (1, 3), (1, 2)), c),
-            DilatedDenseNet(c),
+            _conv_block(nn.Conv2d(2, c, (1, 3), (1, 2), padding=(0, 1)), c, causal),
+            _conv_block(nn.Conv2d(c, c, (1, 3), (1, 2)), c, causal),
+            DilatedDenseNet(c, causal=causal),
         ])
-        self.middle = DualPath(c, layers, heads)
+        self.middle = DualPath(c, layers, heads, causal)
         self.decoder = nn.ModuleList([
-            DilatedDenseNet(c),
-            _conv_block(nn.ConvTranspose2d(c, c, (1, 3), (1, 2)), c),
+            DilatedDenseNet(c, causal=causal),
+            _conv_block(nn.ConvTranspose2d(c, c, (1, 3), (1, 2)), c, causal),
             nn.ConvTranspose2d(c, 2, (1, 3), (1, 2)),
         ])
 
