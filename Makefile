@@ -62,6 +62,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[bench]'
 	touch $@
 
+# Every script writes its block of benchmarks/RESULTS.md (--write), then the machine block at the top.
 # bench_vs_reference.py runs in .venv-bench when it exists (`make bench-env`); in .venv it compares
 # Conv-TasNet with torchaudio only and says that asteroid is missing.
 bench: setup
@@ -69,5 +70,6 @@ bench: setup
 	  py=$(BIN)/python; \
 	  if [ "$$script" = benchmarks/bench_vs_reference.py ] && [ -x $(BENCH_VENV)/bin/python ]; then \
 	    py=$(BENCH_VENV)/bin/python; fi; \
-	  $$py "$$script" || exit 1; \
+	  $$py "$$script" --write || exit 1; \
 	done
+	$(BIN)/python benchmarks/results_md.py

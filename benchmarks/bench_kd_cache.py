@@ -8,8 +8,9 @@ training loop (validation excluded) and its ratio to scratch; the target of issu
 KD epoch with a warm cache. Also prints the cost of the per-epoch gradient-ratio measurement (two extra
 backward passes on the first batch of an epoch) against one training step.
 
-Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_kd_cache.py [--rounds 3] [--batches 32]``
-(1-s crops, batch 4, a small embedded corpus built in a temporary folder).
+Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_kd_cache.py [--rounds 3] [--batches 32] [--write]``
+(1-s crops, batch 4, a small embedded corpus built in a temporary folder; ``--write`` puts the table into
+benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_md
 import torch
 
 from selib import models
@@ -29,6 +31,7 @@ from selib.train import Trainer
 
 VARIANTS = [("scratch", "none", False), ("logits-sisnr", "logits-sisnr", False), ("dfkd", "dfkd", False),
             ("logits-sisnr + cache", "logits-sisnr", True), ("dfkd + cache", "dfkd", True)]
+TARGET = 1.1  # a KD epoch with a warm cache over a scratch epoch
 
 
 def _config(family: str, method: str, cache: bool, corpus: Path, teacher: Path, batches: int):
@@ -73,10 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=32, help="training batches per epoch")
+    results_md.add_options(parser)
     args = parser.parse_args()
     os.environ.setdefault("SELIB_PROGRESS", "0")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) (OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), load average {os.getloadavg()[0]:.1f} at the start")
+    table = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = build_embedded(tmp / "embedded", n_train=4 * args.batches, n_valid=1, n_test=1, verbose=False)
@@ -97,12 +102,22 @@ def main() -> None:
             for name, *_ in VARIANTS:
                 median = statistics.median(times[name])
                 print(f"  {name:22s} {median:7.2f} s   {median / scratch:5.2f} x scratch")
+            ratios = [(statistics.median(times[name]) / scratch, cache) for name, _, cache in VARIANTS[1:]]
+            table.append([f"{results_md.NAMES[family]} tiny", f"{scratch:.2f} s",
+                          *(f"**{r:.2f}x** {results_md.verdict(r, TARGET)}" if cache else f"{r:.2f}x"
+                            for r, cache in ratios)])
             step, measure = _ratio_cost(_config(family, "dfkd", True, corpus, teacher, args.batches),
                                         runs / "ratio")
             print(f"  gradient-ratio measurement: {measure * 1e3:.0f} ms once per epoch, a training step "
                   f"{step * 1e3:.0f} ms ({measure / step:.2f} steps; {measure / step / args.batches:.1%} of "
                   f"this epoch)")
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+    if args.write:
+        columns = ["family", "scratch", *(f"{name}, target ≤ {TARGET}x" if cache else name
+                                          for name, _, cache in VARIANTS[1:])]
+        results_md.write_section(__file__, f"One epoch of {args.batches} batches of 4 x 1 s per variant (training "
+                                 f"loop only), median of {args.rounds} rounds.\n\n"
+                                 + results_md.table(columns, table, "lrrrrr"), args.results_md)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ steps of each; the script prints the median step time of ``--repeats`` rounds, t
 the teacher's forward, and the ratios DFKD / logit (target <= 1.15) and I²S-TFCKD / logit (target
 <= 1.6), also without the teacher's forward (what output-level KD pays with a warm teacher cache; the
 feature KD of I²S-TFCKD cannot use the cache). One JSON line per preset pair is appended to
-``benchmarks/results/kd_overhead.jsonl``. ``benchmarks/bench_kd_cache.py`` measures whole epochs with
+``benchmarks/results/kd_overhead.jsonl``; ``--write`` puts the latest line of each pair into
+benchmarks/RESULTS.md. ``benchmarks/bench_kd_cache.py`` measures whole epochs with
 and without the teacher cache instead.
 
-Run: ``OMP_NUM_THREADS=2 nice .venv/bin/python benchmarks/bench_kd_overhead.py [--repeats 5]``
+Run: ``OMP_NUM_THREADS=2 nice .venv/bin/python benchmarks/bench_kd_overhead.py [--repeats 5] [--write]``
 (tiny: batch 4 x 1 s as the course configs; paper: ``--paper-batch`` x ``--paper-seconds``, by
 default 4 x 4 s, half the batch of ``configs/paper/vb-dpdcrn-*.yaml``; the figures in
 benchmarks/RESULTS.md used ``--paper-seconds 1``, 90 s on the idle machine). Per-step times go to stderr.
@@ -33,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import results_md
 import torch
 from torch import nn
 
@@ -143,6 +145,26 @@ def report(row: dict) -> None:
         print(f"  {m} / logits-sisnr = {ratio:.2f} (target <= {target}): {verdict} the target")
 
 
+def markdown(records: dict[tuple, dict]) -> str:
+    """The latest record of each preset pair as RESULTS.md's table: step times, ratios, targets."""
+    rows, runs = [], []
+    for r in sorted(records.values(), key=lambda r: r["preset"] != "tiny"):   # tiny first
+        preset, step, teacher = r["preset"], r["step_s"], r["teacher_s"]
+        logit, logit_student = step["logits-sisnr"], step["logits-sisnr"] - teacher["logits-sisnr"]
+        for m in METHODS:
+            ratio = f"{step[m] / logit:.2f}"
+            rows.append([preset, m, f"{step[m]:.3f}", "–" if m == "none" else f"{100 * teacher[m] / step[m]:.0f} %",
+                         f"{step[m] / step['none']:.2f}", f"**{ratio}**" if m in TARGETS else ratio,
+                         "" if m == "none" else f"{(step[m] - teacher[m]) / logit_student:.2f}",
+                         f"≤ {TARGETS[m]}" if m in TARGETS else "",
+                         results_md.verdict(step[m] / logit, TARGETS[m]) if m in TARGETS else ""])
+        runs.append(f"{preset}: batch {r['batch']} x {r['seconds']:g} s, median of {r['repeats']} steps, recorded "
+                    f"{r['time']} (load average {r['load_average']:.1f} at the end)")
+    return (f"The latest line of each pair in `results/kd_overhead.jsonl` ({'; '.join(runs)}).\n\n"
+            + results_md.table(["pair", "method", "step s", "teacher forward", "× none", "× logit",
+                                "× logit without the teacher", "target", ""], rows, "llrrrrrrl"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -153,6 +175,7 @@ def main() -> None:
     parser.add_argument("--paper-batch", type=int, default=4)
     parser.add_argument("--paper-seconds", type=float, default=4.0)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    results_md.add_options(parser)
     args = parser.parse_args()
     started = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) (OMP_NUM_THREADS="
@@ -172,6 +195,8 @@ def main() -> None:
                                   "ratio_to_logit": ratios, "targets": TARGETS}) + "\n")
         print(f"  appended to {args.results}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, "
               f"{time.perf_counter() - started:.0f} s so far")
+    if args.write:
+        results_md.write_section(__file__, markdown(results_md.latest(args.results, "preset")), args.results_md)
 
 
 if __name__ == "__main__":

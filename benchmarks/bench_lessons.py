@@ -15,8 +15,9 @@ that lives under 0.2 s is missed): unlike the wall time, it hardly depends on wh
     python benchmarks/bench_lessons.py [--lessons 00 01 ...] [--write] [--save-notebooks]
 
 Prints one line per lesson, appends them to ``benchmarks/results/lessons.jsonl`` and, with ``--write``,
-puts them into the table of lesson times in ``notebooks/README.md`` and into each lesson's own "**Time.**"
-paragraph; ``--save-notebooks`` writes each
+puts them into the table of lesson times in ``notebooks/README.md``, into each lesson's own "**Time.**"
+paragraph and (the latest line of every lesson, against the budget) into benchmarks/RESULTS.md;
+``--save-notebooks`` writes each
 lesson that ran without error back to ``notebooks/`` with its outputs (what ``make notebooks`` does,
 measured). Budget per lesson: 4 minutes and
 2 GB on 2 cores; the exit code is 1 if a lesson fails or exceeds it.
@@ -42,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_quickstart import _pss_mib, _tree  # noqa: E402  (one process-tree sampler for both benchmarks)
+import results_md  # noqa: E402
 
 BUDGET_S, BUDGET_MIB = 240, 2048
 TABLE_BEGIN, TABLE_END = "<!-- lesson-times: begin -->", "<!-- lesson-times: end -->"
@@ -126,11 +128,30 @@ def lesson_title(path: Path) -> str:
     return first.lstrip("# ").split("·", 1)[-1].split(":", 1)[0].strip()
 
 
-def table_row(figures: dict) -> str:
+def over_budget(figures: dict) -> bool:
+    return figures["wall_s"] > BUDGET_S or figures["peak_pss_mib"] > BUDGET_MIB
+
+
+def cells(figures: dict) -> list[str]:
+    """One lesson's row of the table of lesson times: number, title, wall, CPU, peak PSS, conditions."""
     status = "" if figures["ok"] else " (failed)"
-    return (f"| {figures['lesson'][:2]} | {figures['title']} | {figures['wall_s']:.0f} s{status} | {figures['cpu_s']:.0f} s | "
-            f"{figures['peak_pss_mib']:,d} MiB | {figures['date'][:10]}, {figures['cores']} cores, "
-            f"load {figures['load_avg_1min_at_end']:g} |")
+    return [figures["lesson"][:2], figures["title"], f"{figures['wall_s']:.0f} s{status}", f"{figures['cpu_s']:.0f} s",
+            f"{figures['peak_pss_mib']:,d} MiB", f"{figures['date'][:10]}, {figures['cores']} cores, "
+            f"load {figures['load_avg_1min_at_end']:g}"]
+
+
+def table_row(figures: dict) -> str:
+    return "| " + " | ".join(cells(figures)) + " |"
+
+
+def markdown(records: dict[tuple, dict]) -> str:
+    """The latest record of each lesson as RESULTS.md's table, against the budget of a lesson."""
+    budget = f"{BUDGET_S // 60} min, {BUDGET_MIB:,} MiB"
+    rows = [cells(r) + [budget, ("misses" if over_budget(r) else "meets") if r["ok"] else "fails"]
+            for _, r in sorted(records.items())]
+    return ("The latest line of each lesson in `results/lessons.jsonl`, each lesson in a fresh kernel.\n\n"
+            + results_md.table(["#", "lesson", "wall time", "CPU time", "peak memory", "measured", "budget", ""],
+                               rows, "llrrrlrl"))
 
 
 def write_table(rows: dict[str, str], readme: Path) -> None:
@@ -169,8 +190,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lessons", nargs="+", metavar="NN", help="lesson numbers (default: every lesson)")
     parser.add_argument("--build-corpus", action="store_true", help="let each lesson build the corpus itself")
-    parser.add_argument("--write", action="store_true",
-                        help="update the table in notebooks/README.md and each lesson's Time paragraph")
+    results_md.add_options(parser, writes="the figures into notebooks/README.md, each lesson's Time paragraph "
+                           "and --results-md")
     parser.add_argument("--save-notebooks", action="store_true",
                         help="write each executed lesson back to notebooks/ with its outputs")
     args = parser.parse_args()
@@ -178,7 +199,7 @@ def main() -> int:
     (HERE / "results").mkdir(exist_ok=True)
     for path in lesson_paths(args.lessons):
         figures = run_lesson(path, args.build_corpus, args.save_notebooks)
-        over = figures["wall_s"] > BUDGET_S or figures["peak_pss_mib"] > BUDGET_MIB
+        over = over_budget(figures)
         failed |= over or not figures["ok"]
         print(f"{path.name}: {'ok' if figures['ok'] else figures['error']}, wall {figures['wall_s']:.0f} s, "
               f"CPU {figures['cpu_s']:.0f} s, "
@@ -189,6 +210,9 @@ def main() -> int:
         if args.write and figures["ok"]:   # after every lesson, so an interrupted run keeps what it measured
             write_table({path.name[:2]: table_row(figures)}, ROOT / "notebooks" / "README.md")
             write_time(path, figures)
+    if args.write:
+        results_md.write_section(__file__, markdown(results_md.latest(HERE / "results" / "lessons.jsonl", "lesson")),
+                                 args.results_md)
     return 1 if failed else 0
 
 

@@ -4,10 +4,10 @@ process's own peak resident set size and CPU time. Chunked overlap-add (``selib.
 keeps the model's memory to one chunk, so the peak should stay flat (audio buffers add about 4 MB per
 minute) and the runtime grow linearly with the length.
 
-    python benchmarks/bench_long_file.py [--minutes 1 2.5 5 10]
+    python benchmarks/bench_long_file.py [--minutes 1 2.5 5 10] [--write]
 
 Target (issue 13): under 1 GB peak RSS for 10 minutes. Prints a table and appends the figures to
-``benchmarks/results/long_file.jsonl``; asserts nothing.
+``benchmarks/results/long_file.jsonl`` (with ``--write`` also into benchmarks/RESULTS.md); asserts nothing.
 """
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import results_md
 import soundfile as sf
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+TARGET_MB = 1024  # peak RSS of a 10-minute file
 
 
 def _checkpoint(folder: Path) -> Path:
@@ -64,9 +66,18 @@ def _run(checkpoint: Path, noisy: Path, out: Path) -> dict:
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
+def markdown(record: dict) -> str:
+    """One run's files against the target, as RESULTS.md's table."""
+    rows = [[f"{r['minutes']:g} min", f"{r['peak_rss_mb']:.0f} MB", f"{r['cpu_s']:.1f} s", f"{TARGET_MB:,} MB",
+             results_md.verdict(r["peak_rss_mb"], TARGET_MB)] for r in record["rows"]]
+    return (f"Tiny DCCRN student, one `selib enhance` process per file, OMP_NUM_THREADS={record['omp_threads']}.\n\n"
+            + results_md.table(["audio", "peak RSS", "CPU", "target", ""], rows, "rrrrl"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", nargs="+", type=float, default=[1.0, 2.5, 5.0, 10.0])
+    results_md.add_options(parser)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +95,8 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     with open(HERE / "results" / "long_file.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    if args.write:
+        results_md.write_section(__file__, markdown(record), args.results_md)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ metric (PESQ-WB/NB, STOI, ESTOI, SI-SDR, CSIG/CBAK/COVL, SSNR) and prints uttera
 The three alternate for ``--repeats`` rounds after a warm-up round and the best round of each is
 reported, since a shared machine can only make a round slower.
 
-Usage: ``python benchmarks/bench_metrics.py [--limit N] [--workers W]``. If the embedded corpus cannot
-be built or loaded, generated speech-like signals are scored instead and the printout says so.
+Usage: ``python benchmarks/bench_metrics.py [--limit N] [--workers W] [--write]``. If the embedded corpus
+cannot be built or loaded, generated speech-like signals are scored instead and the printout (and the
+block that ``--write`` puts into benchmarks/RESULTS.md) says so.
 """
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ from pathlib import Path
 import numpy as np
 import pesq
 import pystoi
+import results_md
 
 from selib import metrics
+
+TARGET = 1.8  # the process pool over the plain loop, on 2 cores
 
 
 def embedded_items(limit: int | None) -> tuple[list, str]:
@@ -37,7 +41,7 @@ def embedded_items(limit: int | None) -> tuple[list, str]:
     root = data.build_embedded()
     dataset = data.get_dataset("embedded", "test", root=root, limit=limit)
     items = [(item["id"], item["noisy"].numpy(), item["clean"].numpy()) for item in dataset]
-    return items, f"embedded test set ({root})"
+    return items, "embedded test set"
 
 
 def generated_items(limit: int | None) -> tuple[list, str]:
@@ -83,6 +87,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="score only the first N utterances")
     parser.add_argument("--workers", type=int, default=None, help="evaluate() workers (default: cores)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up (default %(default)s)")
+    results_md.add_options(parser)
     args = parser.parse_args()
     try:
         items, source = embedded_items(args.limit)
@@ -105,10 +110,10 @@ def main() -> None:
         best["loop"], best["serial"], best["pool"])
 
     n = len(items)
+    pool = f"evaluate(workers={args.workers or cores})"
     print("                               utterances/s  vs loop   CPU ms/utterance")
     for label, wall, cpu in (("plain loop over the packages", t_loop, cpu_loop),
-                             ("evaluate(workers=1)", t_serial, cpu_serial),
-                             (f"evaluate(workers={args.workers or cores})", t_pool, cpu_pool)):
+                             ("evaluate(workers=1)", t_serial, cpu_serial), (pool, t_pool, cpu_pool)):
         print(f"{label:<30} {n / wall:12.2f}  {t_loop / wall:6.2f}x  {1000 * cpu / n:10.1f}")
     ok = [i for i, row in enumerate(pooled.rows) if all(row[f"{m}_status"] == "ok" for m in pooled.metrics)]
     for name in ("pesq_wb", "pesq_nb", "stoi", "si_sdr", "csig"):
@@ -117,9 +122,18 @@ def main() -> None:
     # the workers' one BLAS thread may round a sum differently from this process's two
     gap = max(float(np.nanmax(np.abs(serial.values(m) - pooled.values(m)))) for m in pooled.metrics)
     print(f"  largest |evaluate(workers=1) - process pool| over all metrics: {gap:.1e}")
-    print(f"  process pool over the plain loop: {t_loop / t_pool:.2f}x (target >= 1.8x); load average "
+    print(f"  process pool over the plain loop: {t_loop / t_pool:.2f}x (target >= {TARGET}x); load average "
           f"{os.getloadavg()[0]:.2f}; best of {args.repeats} rounds")
     print(pooled)
+    if args.write:
+        rows = [["plain loop over the packages (PESQ-WB shared)", f"{n / t_loop:.2f}", "1.00×", "", ""],
+                ["`evaluate(workers=1)`", f"{n / t_serial:.2f}", f"{t_loop / t_serial:.2f}×", "", ""],
+                [f"`{pool}`", f"{n / t_pool:.2f}", f"**{t_loop / t_pool:.2f}×**", f"≥ {TARGET}×",
+                 results_md.verdict(t_loop / t_pool, TARGET, at_most=False)]]
+        results_md.write_section(__file__, f"Data: {source}, {n} utterances ({seconds:.1f} s of audio), best of "
+                                 f"{args.repeats} rounds after a warm-up.\n\n"
+                                 + results_md.table(["", "utterances/s", "vs loop", "target", ""], rows, "lrrrl"),
+                                 args.results_md)
 
 
 if __name__ == "__main__":

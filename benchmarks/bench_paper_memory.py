@@ -11,9 +11,10 @@ steady figure. A step that does not finish within ``--timeout`` seconds is repor
 preset is impractical on this machine at this batch, whatever the memory.
 
 One process at a time (two would compete for the 2 cores and the memory); the largest needs about 12 GB. One JSON line per preset is
-appended to ``benchmarks/results/paper_memory.jsonl``; the table goes to stdout.
+appended to ``benchmarks/results/paper_memory.jsonl``; the table goes to stdout. ``--write`` puts the
+latest line of every preset into benchmarks/RESULTS.md (a preset without one as "not run").
 
-Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_paper_memory.py [--families dccrn ...]``
+Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_paper_memory.py [--families dccrn ...] [--write]``
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import results_md
 
 RESULTS = Path(__file__).with_name("results") / "paper_memory.jsonl"
 FAMILIES = ("dccrn", "convtasnet", "dptnet", "dpdcrn")
@@ -81,6 +84,23 @@ def measure(family: str, preset: str, args) -> dict:
     return {**row, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+def markdown(records: dict[tuple, dict]) -> str:
+    """The latest record of each (family, preset) as RESULTS.md's table, every family and preset a row."""
+    rows = []
+    for family in FAMILIES:
+        for preset in PRESETS:
+            r = records.get((family, preset))
+            if r is None or "error" in r:
+                rows.append([results_md.NAMES[family], preset, "", "", "", r["error"] if r else "not run"])
+            else:
+                rows.append([results_md.NAMES[family], preset, f"{r['params'] / 1e6:.3f}", f"{r['floor_mib']:,.0f}",
+                             f"{r['peak_mib']:,.0f}", f"{r['step_s'][-1]:.1f}"])
+    runs = sorted({f"batch {r['batch']} x {r['seconds']:g} s, recorded {r['date']} (load average {r['load']} at "
+                   "the start)" for r in records.values()})
+    return (f"The latest line of each preset in `results/paper_memory.jsonl`: {'; '.join(runs)}.\n\n"
+            + results_md.table(["family", "preset", "params M", "floor MiB", "peak MiB", "step s"], rows, "llrrrr"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES), choices=FAMILIES,
@@ -90,6 +110,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--steps", type=int, default=2, help="training steps per preset (default %(default)s)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per preset (default %(default)s)")
+    results_md.add_options(parser)
     args = parser.parse_args()
     stamp = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
              "load": round(os.getloadavg()[0], 2)}
@@ -108,6 +129,8 @@ def main() -> None:
                 print(f"{family:11}{preset:15}{row['params'] / 1e6:>9.3f}{row['floor_mib']:>11,.0f}"
                       f"{row['peak_mib']:>10,.0f}{row['step_s'][-1]:>13.2f}", flush=True)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    if args.write:
+        results_md.write_section(__file__, markdown(results_md.latest(RESULTS, "family", "preset")), args.results_md)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ of the largest one (each run's own peak is in its ``metrics.json``: every run ha
 between the processes that map them) of the whole process tree once a second, which is what a memory
 limit such as Binder's counts.
 
-    python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--jobs 2] [--runs-root runs] [--results DIR]
+    python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--jobs 2] [--runs-root runs] [--results DIR] [--write]
 
-Targets on 2 CPU cores: under 30 minutes and under 2 GB resident memory. The figures are printed and
-appended to ``benchmarks/results/quickstart.jsonl``.
+Targets on 2 CPU cores: under 30 minutes and under 2 GB resident memory. The figures are printed,
+appended to ``benchmarks/results/quickstart.jsonl`` and, with ``--write``, put against the targets into
+benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ import threading
 import time
 from pathlib import Path
 
+import results_md
+
 HERE = Path(__file__).resolve().parent
+TARGET_MIN, TARGET_MIB = 30, 2048
 
 
 def _tree(root: int) -> list[int]:
@@ -54,6 +58,18 @@ def _pss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
+def markdown(figures: dict) -> str:
+    """One run's figures against the targets, as RESULTS.md's table."""
+    wall_min, pss = figures["wall_s"] / 60, figures["peak_total_pss_mib"]
+    rows = [["wall time", f"{wall_min:.1f} min", f"{TARGET_MIN} min", results_md.verdict(wall_min, TARGET_MIN)],
+            ["CPU time (the quick start and every process it started)", f"{figures['cpu_s'] / 60:.1f} min", "", ""],
+            ["peak memory, all processes together (PSS)", f"{pss:,.0f} MiB", f"{TARGET_MIB:,} MiB",
+             results_md.verdict(pss, TARGET_MIB)],
+            ["peak memory, largest process (RSS)", f"{figures['peak_rss_mib']:,.0f} MiB", "", ""]]
+    return (f"`selib quickstart --jobs {figures['jobs']}`, seeds {' '.join(map(str, figures['seeds']))}, exit code "
+            f"{figures['exit_code']}.\n\n" + results_md.table(["figure", "measured", "target", ""], rows, "lrrl"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -62,6 +78,7 @@ def main() -> int:
     parser.add_argument("--data-root", default="data/embedded")
     parser.add_argument("--results", default="benchmarks/results/quickstart",
                         help="where the quick start copies its report (as make quickstart does)")
+    results_md.add_options(parser)
     args = parser.parse_args()
     cmd = [sys.executable, "-m", "selib", "quickstart", "--runs-root", args.runs_root, "--data-root",
            args.data_root, "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs), "--results", args.results]
@@ -102,6 +119,8 @@ def main() -> int:
     results.mkdir(exist_ok=True)
     with open(results / "quickstart.jsonl", "a") as f:
         f.write(json.dumps(figures) + "\n")
+    if args.write:
+        results_md.write_section(__file__, markdown(figures), args.results_md)
     return code
 
 

@@ -17,7 +17,8 @@ median of ``--repeats`` runs of
 and the ratio selib / reference (< 1: selib is faster). Where selib's training step is slower by more
 than 5 %, one step of each is run under ``torch.profiler`` and the operators with the most self CPU
 time are printed (and likewise one forward where selib's inference is slower by more than 5 %). The table is printed and one JSON line per pair is appended to
-``benchmarks/results/vs_reference.jsonl``.
+``benchmarks/results/vs_reference.jsonl``; ``--write`` puts the latest line of each pair into
+benchmarks/RESULTS.md, the ratios above 1.05 in bold.
 
 The defaults are the issue's set-up (4 x 4 s, 10 s). On 2 cores that is past 10 minutes (a DCCRN-CL
 paper step on 4 x 1 s takes 3 s on the idle machine, 4 x 4 s about 12 s, and there are 42 of them), so
@@ -47,7 +48,7 @@ asteroid-filterbanks 0.4.0 ...), so no ``--no-deps`` work-around is needed; only
 0.7.0 passes DCCRNet's LSTM size as a numpy integer, which torch 2.11's ``nn.LSTM`` refuses. Without asteroid the asteroid pairs are
 skipped (with a note) and Conv-TasNet is compared with torchaudio alone.
 
-Run: ``OMP_NUM_THREADS=2 nice .venv-bench/bin/python benchmarks/bench_vs_reference.py [--repeats 5]``
+Run: ``OMP_NUM_THREADS=2 nice .venv-bench/bin/python benchmarks/bench_vs_reference.py [--repeats 5] [--write]``
 (``--only dccrn convtasnet dptnet`` picks pairs).
 """
 from __future__ import annotations
@@ -63,6 +64,7 @@ import time
 import warnings
 from pathlib import Path
 
+import results_md
 import torch
 from torch import nn
 
@@ -72,6 +74,7 @@ from selib.profile import count_macs
 
 RATE = 16000
 RESULTS = Path(__file__).with_name("results") / "vs_reference.jsonl"
+SLOWER = 1.05  # selib / reference above which selib is profiled (and the ratio set in bold)
 
 try:  # optional: the reference implementations of the bench extra
     with warnings.catch_warnings():
@@ -262,7 +265,7 @@ def compare(family: str, preset: str, selib_model, refs: dict, args) -> list[dic
         t.optimizer.zero_grad(set_to_none=True)
     profiles = {}
     for name in comparable:
-        if statistics.median(train["selib"]) > 1.05 * statistics.median(train[name]) and not args.no_profile:
+        if statistics.median(train["selib"]) > SLOWER * statistics.median(train[name]) and not args.no_profile:
             for who in ("selib", name):
                 if who not in profiles:
                     profiles[who] = top_ops(trainables[who].step)
@@ -274,7 +277,7 @@ def compare(family: str, preset: str, selib_model, refs: dict, args) -> list[dic
         model.eval()
     infer_times = alternate({name: (lambda m=m: infer(m, wav)) for name, m in impls.items()}, args.repeats)
     for name in comparable:
-        if statistics.median(infer_times["selib"]) > 1.05 * statistics.median(infer_times[name]) \
+        if statistics.median(infer_times["selib"]) > SLOWER * statistics.median(infer_times[name]) \
                 and not args.no_profile:
             for who in ("selib", name):
                 if f"{who}, inference" not in profiles:
@@ -312,6 +315,39 @@ def compare(family: str, preset: str, selib_model, refs: dict, args) -> list[dic
     return rows
 
 
+def table(records: list[dict]) -> str:
+    """The pairs as a Markdown table: sizes, training step and RTF of both sides, selib / reference."""
+    def ratio(value: float) -> str:
+        return f"**{value:.2f}**" if value > SLOWER else f"{value:.2f}"
+
+    rows = []
+    for r in sorted(records, key=lambda r: ("dccrn", "convtasnet", "dptnet").index(r["family"])):
+        overrides = DPTNET_CONFIGS[r["preset"]][1] if r["family"] == "dptnet" else {}
+        model = f"{results_md.NAMES[r['family']]} {r['preset']}" + (
+            f" ({', '.join(f'{k} {v}' for k, v in overrides.items())})" if overrides else "")
+        row = [model, r["reference"], f"{r['params'][0] / 1e6:.3f} / {r['params'][1] / 1e6:.3f}",
+               f"{r['macs_per_second'][0] / 1e9:.2f} / {r['macs_per_second'][1] / 1e9:.2f}"]
+        if r["refused"]:
+            row += ["refused", "", "", ""]
+        else:
+            row += [f"{r['train_step_s'][0]:.2f} / {r['train_step_s'][1]:.2f}", ratio(r["train_ratio"]),
+                    f"{r['rtf'][0]:.3f} / {r['rtf'][1]:.3f}", ratio(r["rtf_ratio"])]
+        rows.append(row)
+    return results_md.table(["model", "reference", "params M (selib / ref)", "GMAC/s (selib / ref)",
+                             "train step s (selib / ref)", "selib / ref", "RTF (selib / ref)", "selib / ref"],
+                            rows, "llrrrrrr")
+
+
+def markdown(records: list[dict]) -> str:
+    """The latest record of each pair, with the set-ups and the runs they come from, as RESULTS.md's block."""
+    setups = sorted({f"training batch {r['batch']} x {r['seconds']:g} s on {r['train_threads']} threads, inference "
+                     f"on {r['infer_seconds']:g} s on {r['infer_threads']} thread(s), median of {r['repeats']}"
+                     for r in records})
+    runs = sorted({f"{r['time']} (load average {r['load_average_end']:.1f})" for r in records})
+    return (f"The latest line of each pair in `results/vs_reference.jsonl` ({'; '.join(setups)}), recorded at "
+            f"the end of runs {', '.join(runs)}.\n\n{table(records)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each implementation")
@@ -329,6 +365,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.05, help="largest relative size difference")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    results_md.add_options(parser)
     args = parser.parse_args()
     # Denormal floats are flushed to zero for every implementation alike. In two of four trial runs
     # asteroid's Conv-TasNet step took 10-20x longer than in the others, all of it in
@@ -352,18 +389,7 @@ def main() -> None:
         if refs:
             rows += compare(family, preset, selib_model, refs, args)
 
-    print("\n| model | reference | params selib / ref (M) | GMAC/s selib / ref | train step selib / ref (s) "
-          "| ratio | RTF selib / ref | ratio |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        sizes = (f"{r['params'][0] / 1e6:.3f} / {r['params'][1] / 1e6:.3f} | "
-                 f"{r['macs_per_second'][0] / 1e9:.3f} / {r['macs_per_second'][1] / 1e9:.3f}")
-        if r["refused"]:
-            print(f"| {r['family']} {r['preset']} | {r['reference']} | {sizes} | refused | | | |")
-        else:
-            print(f"| {r['family']} {r['preset']} | {r['reference']} | {sizes} | "
-                  f"{r['train_step_s'][0]:.3f} / {r['train_step_s'][1]:.3f} | {r['train_ratio']:.2f} | "
-                  f"{r['rtf'][0]:.3f} / {r['rtf'][1]:.3f} | {r['rtf_ratio']:.2f} |")
+    print("\n" + table(rows))
     load = os.getloadavg()
     print(f"\nload average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the end; {time.perf_counter() - started:.0f} s")
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -376,6 +402,9 @@ def main() -> None:
                                   "infer_seconds": args.infer_seconds, "train_threads": args.train_threads,
                                   "infer_threads": args.infer_threads, "load_average_end": load[0], **r}) + "\n")
     print(f"appended {len(rows)} line(s) to {args.results}")
+    if args.write:
+        records = results_md.latest(args.results, "family", "preset", "reference")
+        results_md.write_section(__file__, markdown(list(records.values())), args.results_md)
 
 
 if __name__ == "__main__":
