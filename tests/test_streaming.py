@@ -47,3 +47,9 @@ def test_non_causal_models_refuse_to_stream():
     for family, preset in [("dpdcrn", "tiny-student"), ("dptnet", "tiny-student"), ("convtasnet", "tiny-student")]:
         with pytest.raises(ValueError, match="causal"):
             streamer(build(family, preset))
+
+
+def test_an_stft_whose_frames_do_not_end_on_a_hop_refuses_to_stream():
+    # a centred 512-point STFT with hop 128 pads 256 samples before sample 0, not win - hop = 384
+    with pytest.raises(ValueError, match="do not end on a hop; it cannot stream"):
+        streamer(build("dpdcrn", "tiny-student", causal=True, hop_length=128))
