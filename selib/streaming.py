@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from selib.models import SEModel
-from selib.models.blocks import ChannelLayerNorm, CumulativeLayerNorm, CumulativeNorm2d
+from selib.models.blocks import ChannelLayerNorm, CumulativeLayerNorm
 from selib.models.complex import _complex_apply, apply_mask
 from selib.models.convtasnet import ConvTasNet
 from selib.models.dccrn import DCCRN, _complex_cat
@@ -27,23 +27,23 @@ from selib.models.dpdcrn import DPDCRN
 
 
 class _NormStep:
-    """One frame ``[B, C, 1]`` through cLN (with its running sums) or chLN (stateless)."""
+    """One frame (``[B, C, 1]`` or ``[B, C, 1, F]``) through cLN, which keeps running sums, or chLN
+    (stateless)."""
 
     def __init__(self, norm: torch.nn.Module):
         if not isinstance(norm, (CumulativeLayerNorm, ChannelLayerNorm)):
             raise ValueError(f"{type(norm).__name__} uses future frames and cannot stream; build the "
                              "model with causal=True and norm cLN or chLN")
-        self.norm, self.sum, self.power, self.count = norm, 0.0, 0.0, 0
+        self.norm, self.sums = norm, None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.norm, ChannelLayerNorm):
             return self.norm(x)
-        self.count += x.shape[1]
-        self.sum = self.sum + x.sum(1, keepdim=True)
-        self.power = self.power + x.pow(2).sum(1, keepdim=True)
-        mean, power = self.sum / self.count, self.power / self.count
-        x = (x - mean) / torch.sqrt((power - mean.pow(2)).clamp_min(0) + self.norm.eps)
-        return x * self.norm.weight[:, None] + self.norm.bias[:, None]
+        sums = self.norm.moments(x)
+        if self.sums is not None:
+            sums = tuple(seen + new for seen, new in zip(self.sums, sums))
+        self.sums = sums
+        return self.norm.normalise(x, *sums)
 
 
 class ConvTasNetStreamer:
@@ -258,18 +258,15 @@ class DPDCRNStreamer(_STFTStreamer):
             raise ValueError("this DPDCRN is not causal (attention over the whole utterance, instance norm); "
                              "stream a model built with causal=True")
         super().__init__(model)
-        self.moments = {}  # CumulativeNorm2d -> running (sum, sum of squares, count)
+        self.norms = {}  # each cumulative norm -> its _NormStep
         self.history = {}  # dilated conv layer -> its last input frames
         layers = len(model.middle.time_paths)
         self.keys, self.values, self.gru_states = [None] * layers, [None] * layers, [None] * layers
 
-    def _norm(self, norm: CumulativeNorm2d, x: torch.Tensor) -> torch.Tensor:
-        total, power, count = norm.moments(x)
-        if norm in self.moments:
-            seen_total, seen_power, seen = self.moments[norm]
-            total, power, count = seen_total + total, seen_power + power, seen + count
-        self.moments[norm] = (total, power, count)
-        return norm.normalise(x, total, power, count)
+    def _norm(self, norm: CumulativeLayerNorm, x: torch.Tensor) -> torch.Tensor:
+        if norm not in self.norms:
+            self.norms[norm] = _NormStep(norm)
+        return self.norms[norm](x)
 
     def _block(self, block: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         conv, norm, act = block

@@ -4,7 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from selib.models import build, presets
-from selib.models.blocks import CumulativeNorm2d
+from selib.models.blocks import CumulativeLayerNorm
 from reach import future_reach  # tests/helpers
 
 PRESETS = sorted(presets("dpdcrn"))
@@ -76,7 +76,7 @@ def test_bad_input_is_rejected():
 def test_cumulative_norm_is_the_whole_utterance_norm_of_each_prefix(per_channel):
     """Frame t of the causal norm equals instance norm / gLN (PyTorch's own) run on frames 0..t."""
     torch.manual_seed(0)
-    norm = CumulativeNorm2d(3, per_channel, 1e-5)
+    norm = CumulativeLayerNorm(3, 1e-5, per_channel)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2)
         norm.bias.uniform_(-1, 1)

@@ -7,6 +7,8 @@ recurrent layers (:func:`rnn_sequence`, which keeps the time axis dynamic under 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -20,50 +22,35 @@ class GlobalLayerNorm(nn.GroupNorm):
 
 
 class CumulativeLayerNorm(nn.Module):
-    """cLN: normalise frame ``t`` of ``[B, C, T]`` with the statistics of frames ``0..t``; causal."""
+    """cLN, causal: frame ``t`` (axis 2) of ``[B, C, T]`` or ``[B, C, T, F]`` is normalised with the
+    statistics of frames ``0..t`` over the channels (and every bin), or with ``per_channel`` over the bins
+    of each channel alone (the causal instance norm of ``[B, C, T, F]``, causal DPDCRN, lesson
+    ``05_dpdcrn``); then a per-channel affine map. :meth:`moments` and :meth:`normalise` let a streamer
+    (:mod:`selib.streaming`) keep the running sums itself."""
 
-    def __init__(self, channels: int, eps: float = 1e-8):
+    def __init__(self, channels: int, eps: float = 1e-8, per_channel: bool = False):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        count = x.shape[1] * torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=x.dtype)
-        mean = x.sum(1, keepdim=True).cumsum(-1) / count
-        power = x.pow(2).sum(1, keepdim=True).cumsum(-1) / count
-        var = (power - mean.pow(2)).clamp_min(0)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return x * self.weight[:, None] + self.bias[:, None]
-
-
-class CumulativeNorm2d(nn.Module):
-    """Causal norm of ``[B, C, T, F]`` (causal DPDCRN, lesson ``05_dpdcrn``): frame ``t`` is normalised
-    with the statistics of frames ``0..t`` over every bin, per channel (``per_channel``: the causal
-    instance norm) or over all channels too (the causal gLN); then a per-channel affine map."""
-
-    def __init__(self, channels: int, per_channel: bool, eps: float):
-        super().__init__()
-        self.per_channel, self.eps = per_channel, eps
+        self.eps, self.per_channel = eps, per_channel
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Per-frame sums of ``x`` and ``x**2`` over the normalised axes, and how many values each has."""
-        dims = (3,) if self.per_channel else (1, 3)
-        count = x.shape[3] * (1 if self.per_channel else x.shape[1])
+        dims = (() if self.per_channel else (1,)) + tuple(range(3, x.dim()))
+        count = math.prod(x.shape[d] for d in dims)
         return x.sum(dims, keepdim=True), x.pow(2).sum(dims, keepdim=True), count
 
     def normalise(self, x: torch.Tensor, total: torch.Tensor, power: torch.Tensor, count) -> torch.Tensor:
         """``x`` normalised with the running sums ``total``, ``power`` of ``count`` values."""
         mean, power = total / count, power / count
         x = (x - mean) / torch.sqrt((power - mean.pow(2)).clamp_min(0) + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        affine = (-1,) + (1,) * (x.dim() - 2)
+        return x * self.weight.view(affine) + self.bias.view(affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total, power, count = self.moments(x)
-        counts = count * torch.arange(1, x.shape[2] + 1, device=x.device, dtype=x.dtype)[:, None]
-        return self.normalise(x, total.cumsum(2), power.cumsum(2), counts)
+        frames = torch.arange(1, x.shape[2] + 1, device=x.device, dtype=x.dtype).view((-1,) + (1,) * (x.dim() - 3))
+        return self.normalise(x, total.cumsum(2), power.cumsum(2), count * frames)
 
 
 class ChannelLayerNorm(nn.LayerNorm):

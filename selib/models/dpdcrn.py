@@ -11,7 +11,7 @@ in DCCRN-E style (bounded magnitude, phase rotation). There are no encoder-decod
 By default non-causal: the time-path attention is unmasked and the norms use whole-utterance
 statistics. ``causal=True`` (a selib option; the paper's model is non-causal) masks the time-path
 attention to past frames and replaces instance norm and gLN by their cumulative versions
-(:class:`~selib.models.blocks.CumulativeNorm2d`); every other layer already sees only the current and
+(:class:`~selib.models.blocks.CumulativeLayerNorm`); every other layer already sees only the current and
 past frames, so the causal model streams frame by frame (:mod:`selib.streaming`, lesson 11).
 """
 from __future__ import annotations
@@ -22,17 +22,17 @@ from torch.nn import functional as F
 
 from selib.audio import STFT
 from selib.models.base import SEModel
-from selib.models.blocks import CumulativeNorm2d, GlobalLayerNorm, rnn_sequence
+from selib.models.blocks import CumulativeLayerNorm, GlobalLayerNorm, rnn_sequence
 from selib.models.complex import apply_mask
 
 
 def _conv_block(conv: nn.Module, channels: int, causal: bool) -> nn.Sequential:
-    norm = CumulativeNorm2d(channels, True, 1e-5) if causal else nn.InstanceNorm2d(channels, affine=True)
+    norm = CumulativeLayerNorm(channels, 1e-5, per_channel=True) if causal else nn.InstanceNorm2d(channels, affine=True)
     return nn.Sequential(conv, norm, nn.PReLU(channels))
 
 
 def _layer_norm(channels: int, causal: bool) -> nn.Module:
-    return CumulativeNorm2d(channels, False, 1e-8) if causal else GlobalLayerNorm(channels)
+    return CumulativeLayerNorm(channels) if causal else GlobalLayerNorm(channels)
 
 
 class DilatedDenseNet(nn.Module):
