@@ -6,19 +6,17 @@ causal DPDCRN, whose attention over every past frame makes a step dearer the lon
 warm-up steps, then the median over 200 timed steps of ``step()`` on one block of ``hop`` samples, as CPU
 time of the (single) thread, which does not count the time the process waits for a core on a shared
 machine (wall time is reported too). Real-time when the compute per step is below the hop's duration.
-Method in ``selib.streaming``.
+Method: ``selib.streaming.step_times``.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import results_md
 import torch
 
 from selib.models import build
-from selib.streaming import streamer
+from selib.streaming import step_times
 
 # (family, preset, overrides, seconds streamed before the timed steps)
 STUDENTS = [
@@ -36,24 +34,12 @@ WARMUP, TIMED = 20, 200
 
 def measure(family: str, preset: str, overrides: dict, before: float) -> dict:
     model = build(family, preset, **overrides).eval()
-    s = streamer(model)
-    rate = model.sample_rate
-    skipped = int(before * rate) // s.hop
-    blocks = torch.randn(skipped + WARMUP + TIMED, 1, s.hop, generator=torch.Generator().manual_seed(0))
-    cpu, wall = [], []
-    with torch.inference_mode():
-        for i, block in enumerate(blocks):
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            s.step(block)
-            if i >= skipped + WARMUP:
-                cpu.append(time.thread_time() - start_cpu)
-                wall.append(time.perf_counter() - start)
-    step = statistics.median(cpu)
-    hop_s = s.hop / rate
+    t = step_times(model, before, WARMUP, TIMED)
+    hop_s = t["hop"] / model.sample_rate
     causal = ", causal" + (" cLN" if overrides.get("norm") == "cLN" else "") if overrides else ""
     return {"model": f"{results_md.NAMES[family]} {preset}{causal}", "hop_ms": 1e3 * hop_s,
-            "latency_ms": 1e3 * s.latency / rate, "before_s": before, "step_ms": 1e3 * step,
-            "wall_ms": 1e3 * statistics.median(wall), "load": step / hop_s}
+            "latency_ms": 1e3 * t["latency"] / model.sample_rate, "before_s": before, "step_ms": t["cpu_ms"],
+            "wall_ms": t["wall_ms"], "load": t["cpu_ms"] / 1e3 / hop_s}
 
 
 def render(rows: list[dict]) -> str:
@@ -69,7 +55,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     results_md.add_options(parser)
     args = parser.parse_args()
-    torch.set_num_threads(1)
     print(results_md.machine())
     rows = []
     for family, preset, overrides, before in STUDENTS:

@@ -13,6 +13,8 @@ cannot stream.
 """
 from __future__ import annotations
 
+import statistics
+import time
 from collections import deque
 
 import torch
@@ -342,3 +344,27 @@ def stream(model: SEModel, noisy: torch.Tensor) -> torch.Tensor:
         out = [s.step(block) for block in padded.split(s.hop, -1)]
         out.append(s.flush())
     return torch.cat(out, -1)[:, :length]
+
+
+def step_times(model: SEModel, seconds_before: float = 0.0, warmup: int = 20, steps: int = 200) -> dict:
+    """What one streaming step costs on one thread: stream ``seconds_before`` of noise (a streamer whose
+    state grows, like the causal DPDCRN's, gets dearer), then ``warmup`` steps, then the median CPU time
+    of the thread and wall time over ``steps`` steps, in ms, with the streamer's ``hop`` and ``latency``
+    (samples). CPU time does not count waiting for a core on a shared machine."""
+    s = streamer(model)
+    skipped = int(seconds_before * model.sample_rate) // s.hop + warmup
+    blocks = 0.1 * torch.randn(skipped + steps, 1, s.hop, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cpu, wall = [], []
+    try:
+        with torch.inference_mode():
+            for block in blocks:
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                s.step(block)
+                cpu.append(time.thread_time() - start_cpu)
+                wall.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {"hop": s.hop, "latency": s.latency, "cpu_ms": 1e3 * statistics.median(cpu[skipped:]),
+            "wall_ms": 1e3 * statistics.median(wall[skipped:])}

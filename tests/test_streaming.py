@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from selib.models import build
-from selib.streaming import stream, streamer
+from selib.streaming import step_times, stream, streamer
 
 # Every causal student: DCCRN presets, and DPDCRN and Conv-TasNet (cLN) built causal at student width.
 CAUSAL_STUDENTS = [
@@ -53,3 +53,12 @@ def test_an_stft_whose_frames_do_not_end_on_a_hop_refuses_to_stream():
     # a centred 512-point STFT with hop 128 pads 256 samples before sample 0, not win - hop = 384
     with pytest.raises(ValueError, match="do not end on a hop; it cannot stream"):
         streamer(build("dpdcrn", "tiny-student", causal=True, hop_length=128))
+
+
+def test_step_times_reports_the_streamers_hop_and_latency_and_restores_the_threads():
+    model = build("dpdcrn", "tiny-student", causal=True)
+    threads = torch.get_num_threads()
+    t = step_times(model, seconds_before=0.1, warmup=2, steps=3)
+    s = streamer(model)
+    assert (t["hop"], t["latency"]) == (s.hop, s.latency) and t["cpu_ms"] > 0 and t["wall_ms"] > 0
+    assert torch.get_num_threads() == threads
