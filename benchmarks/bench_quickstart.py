@@ -1,9 +1,10 @@
 """Wall time, CPU time and peak memory of the quick start (``selib quickstart``, what ``make quickstart``
 runs), measured from outside: the quick start runs as a child process; ``getrusage(RUSAGE_CHILDREN)``
-gives the CPU time of every process it waited for (the quick start and its metric workers) and the peak RSS
-of the largest one (each run's own peak is in its ``metrics.json``: every run has a process of its own), and a sampler adds up the proportional set size (PSS: shared library pages split
-between the processes that map them) of the whole process tree once a second, which is what a memory
-limit such as Binder's counts.
+gives the CPU time of the quick start and all its descendants (this process adopts the orphaned ones) and
+the peak RSS of the largest one (each run's own peak is in its ``metrics.json``: every run has a process of
+its own), and a sampler adds up the proportional set size (PSS: pages shared between processes, such as the
+fork server's torch that the training workers inherit, split between them) of the whole process tree once
+a second, which is what a memory limit such as Binder's counts.
 
     python benchmarks/bench_quickstart.py [--seeds 0 1 2] [--jobs 2] [--runs-root runs] [--results DIR] [--write]
 
@@ -58,6 +59,18 @@ def _pss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
+def _become_subreaper() -> None:
+    """Descendants orphaned by their parent are re-parented to this process (Linux
+    ``PR_SET_CHILD_SUBREAPER``). The quick start's fork server is one: its parent never waits for it, so
+    without this the CPU time and peak RSS of every training worker (the fork server's children) would be
+    missing from ``RUSAGE_CHILDREN``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:       # 36 = PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed; the CPU time would be undercounted")
+
+
 def markdown(figures: dict) -> str:
     """One run's figures against the targets, as RESULTS.md's table."""
     wall_min, pss = figures["wall_s"] / 60, figures["peak_total_pss_mib"]
@@ -82,6 +95,7 @@ def main() -> int:
     args = parser.parse_args()
     cmd = [sys.executable, "-m", "selib", "quickstart", "--runs-root", args.runs_root, "--data-root",
            args.data_root, "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs), "--results", args.results]
+    _become_subreaper()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=HERE.parent)
     peak_pss, done = [0.0], threading.Event()
@@ -93,6 +107,11 @@ def main() -> int:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     code = proc.wait()
+    while True:             # the orphans (the fork server), so that their usage counts in RUSAGE_CHILDREN
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
     done.set()
     sampler.join()
     wall = time.perf_counter() - start

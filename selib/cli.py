@@ -295,12 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; what the user got wrong is one line on stderr (exit 2), a diverged training
     run exits 1, and only bugs keep their traceback."""
     args = build_parser().parse_args(argv)
-    from selib.data.download import DownloadError
-
     try:
         args.func(args)
     except RuntimeError as err:
-        from selib.train import TrainingDiverged
+        from selib.data.download import DownloadError    # here, not above: selib.data imports torch, which
+        from selib.train import TrainingDiverged         # `selib quickstart --jobs 2` leaves to its workers
 
         if not isinstance(err, (TrainingDiverged, DownloadError)):  # a bug: keep its traceback
             raise

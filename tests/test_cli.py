@@ -38,6 +38,16 @@ def test_each_command_has_help(command):
     assert out.stdout.startswith(f"usage: selib {command}")
 
 
+def test_the_command_line_imports_torch_only_for_the_commands_that_need_it():
+    # `selib quickstart --jobs 2` runs torch in its workers only; a parent holding torch too would add
+    # ~0.5 GB to the quick start's memory. --jobs 0 is refused before any work starts.
+    probe = ("import sys; from selib.cli import main; code = main(['quickstart', '--jobs', '0']); "
+             "print(code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert "--jobs 0: must be at least 1." in out.stderr
+
+
 def test_bad_config_is_a_clean_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {family: dccrn, preset: huge}\n")

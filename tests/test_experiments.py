@@ -209,3 +209,19 @@ def test_quickstart_scores_the_shipped_teacher_and_pairs_each_kd_student_with_it
                                                      scores(f"scratch-s{seed}").values())]
     assert rows[0]["diff_mean"] == pytest.approx(np.mean(diffs), abs=1e-9)
     assert rows[0]["diff_low"] <= rows[0]["diff_mean"] <= rows[0]["diff_high"]
+
+
+def test_quickstart_plan_keeps_the_costliest_runs_and_the_runs_sharing_a_teacher_cache_apart():
+    course = sorted(experiments.COURSE_CONFIGS.glob("*.yaml"))
+    students, checkpoints = experiments._plan((course, (0, 1, 2), {}))
+    order = [(cfg["name"], cfg["seed"]) for cfg in students]
+    assert sorted(order) == sorted((path.stem, seed) for path in course for seed in (0, 1, 2))
+    i2s = [i for i, (name, _) in enumerate(order) if name == "dpdcrn-tiny-i2s"]
+    assert len(i2s) == 3 and min(b - a for a, b in zip(i2s, i2s[1:])) == len(course)
+
+    def cache(cfg):
+        teacher = cfg["teacher"]
+        return (teacher["checkpoint"], cfg["seed"]) if teacher and teacher["cache"] else None
+
+    assert all(cache(a) is None or cache(a) != cache(b) for a, b in zip(students, students[1:]))
+    assert [c.name for c in checkpoints] == ["dccrn-tiny-teacher.pt", "dpdcrn-tiny-teacher.pt"]
