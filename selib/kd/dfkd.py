@@ -34,10 +34,23 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torc
     Real and imaginary parts are vector components:
     ``1 - sum_f Re(a conj b) / (sqrt(sum|a|^2 + eps) sqrt(sum|b|^2 + eps) + eps)``.
     """
-    dot = (a * b.conj()).real.sum(dim=1)   # Re(a conj b); for real spectra the plain dot product
-    norm_a = (a.abs().pow(2).sum(dim=1) + eps).sqrt()
-    norm_b = (b.abs().pow(2).sum(dim=1) + eps).sqrt()
-    return 1.0 - dot / (norm_a * norm_b + eps)
+    return _banded_distance(_dot(a, b), a.abs().pow(2), b.abs().pow(2), None, eps)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Re(a conj b)`` per bin (for real spectra the plain product)."""
+    return (a * b.conj()).real if a.is_complex() else a * b
+
+
+def _banded_distance(dot: torch.Tensor, energy_a: torch.Tensor, energy_b: torch.Tensor,
+                     band: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """:func:`cosine_distance` from the per-bin products it sums, over the bins of ``band`` (a 0/1 mask
+    ``[B, F, T]``; None: all bins): the distance of ``a * band`` and ``b * band`` without forming them, so
+    that one set of products serves both bands."""
+    if band is not None:
+        dot, energy_a, energy_b = dot * band, energy_a * band, energy_b * band
+    norm_a, norm_b = (energy_a.sum(dim=1) + eps).sqrt(), (energy_b.sum(dim=1) + eps).sqrt()
+    return 1.0 - dot.sum(dim=1) / (norm_a * norm_b + eps)
 
 
 class DFKDLoss(nn.Module):
@@ -74,14 +87,22 @@ class DFKDLoss(nn.Module):
                 teacher_features=None) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
             teacher_spec = self.stft(teacher_out.detach())
-            low, high, split = self.adapter(teacher_spec)
+            teacher_mag = teacher_spec.abs()
+            low, high, split = self.adapter(teacher_mag)
+            low, high = low.to(teacher_mag.dtype), high.to(teacher_mag.dtype)
         student_spec = self.stft(student_out)
-        teacher_cos, student_cos = ((teacher_spec.abs(), student_spec.abs()) if self.spectrum == "magnitude"
+        student_mag = student_spec.abs()
+        # the per-bin products of both cosine distances, formed once and summed over each band
+        teacher_cos, student_cos = ((teacher_mag, student_mag) if self.spectrum == "magnitude"
                                     else (teacher_spec, student_spec))
-        loss_low = self._over_frames(cosine_distance(teacher_cos * low, student_cos * low, self.eps), teacher_spec, low)
-        cos_high = self._over_frames(cosine_distance(teacher_cos * high, student_cos * high, self.eps),
-                                     teacher_spec, high)
-        mse_high = ((teacher_spec.abs() - student_spec.abs()) * high).pow(2).mean()
+        dot, teacher_energy, student_energy = _dot(teacher_cos, student_cos), teacher_mag.pow(2), student_mag.pow(2)
+
+        def over_band(band):
+            distance = _banded_distance(dot, teacher_energy, student_energy, band, self.eps)
+            return self._over_frames(distance, teacher_energy, band)
+
+        loss_low, cos_high = over_band(low), over_band(high)
+        mse_high = ((teacher_mag - student_mag) * high).pow(2).mean()
         loss_high = self.beta * cos_high + (1.0 - self.beta) * mse_high
         split_hz = self.adapter.split_hz(split)
         self.last_split = split.flatten().cpu()
@@ -107,11 +128,11 @@ class DFKDLoss(nn.Module):
         out["split_hz_hist"] = counts.tolist()
         return out
 
-    def _over_frames(self, distance: torch.Tensor, teacher_spec: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    def _over_frames(self, distance: torch.Tensor, teacher_energy: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
         """Per-frame distances ``[B, T]`` to one number: the plain mean, or (``frame_weighting="energy"``)
         each utterance's mean weighted by the frames' shares of its teacher energy in ``band``."""
         if self.frame_weighting == "uniform":
             return distance.mean()
-        energy = (teacher_spec.abs().pow(2) * band).sum(dim=1)
+        energy = (teacher_energy * band).sum(dim=1)
         weights = energy / (energy.sum(dim=1, keepdim=True) + self.eps)
         return (weights * distance).sum(dim=1).mean()
