@@ -22,28 +22,33 @@ def _overrides(items: list[str] | None) -> dict:
 
 def cmd_data(args) -> None:
     from selib import data
+    from selib.data.embedded import EMBEDDED
 
+    corpus = args.name or "embedded"
+    root = args.root or f"data/{corpus}"
+    if args.action in ("build", "verify") and corpus not in EMBEDDED:
+        raise ValueError(f"selib data {args.action} works on the embedded corpora {sorted(EMBEDDED)}, not "
+                         f"{corpus}: downloads are verified as archives when fetched.")
     if args.action == "build":
-        print(data.build_embedded(args.root, seed=args.seed))
+        print(data.build_embedded(root, seed=args.seed, **EMBEDDED[corpus]))
     elif args.action == "verify":
         from selib.data.embedded import verify_embedded
 
-        if args.name not in (None, "embedded"):
-            raise ValueError(f"selib data verify checks the embedded corpus (its manifest holds a SHA-256 per "
-                             f"file); {args.name} has none: downloads are verified as archives when fetched.")
-        checked, problems = verify_embedded(args.root)
+        checked, problems = verify_embedded(root)
         for line in problems:
             print(line)
-        print(f"{args.root}: {checked - len(problems)} of {checked} files match the manifest"
-              + (f"; rebuild the corpus (delete {Path(args.root) / 'manifest.json'}, then selib data build)"
+        print(f"{root}: {checked - len(problems)} of {checked} files match the manifest"
+              + (f"; rebuild the corpus (delete {Path(root) / 'manifest.json'}, then selib data build {corpus})"
                  if problems else ""))
         if problems:
             raise SystemExit(1)
     elif args.action == "list":
         from selib.data.download import describe
 
-        print("embedded: the offline corpus (selib data build); built at "
-              f"{args.root}: {'yes' if (Path(args.root) / 'manifest.json').is_file() else 'no'}")
+        for name in EMBEDDED:
+            folder = Path(args.root or f"data/{name}")
+            print(f"{name}: an offline corpus (selib data build {name}); built at "
+                  f"{folder}: {'yes' if (folder / 'manifest.json').is_file() else 'no'}")
         print("\n".join(describe()))
     else:
         from selib.data.download import download
@@ -197,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "knows; download NAME: fetch and verify a public dataset; verify: check the "
                        "embedded corpus files against the SHA-256 in its manifest.")
     p.add_argument("action", choices=["build", "list", "download", "verify"])
-    p.add_argument("name", nargs="?", help="dataset to download (voicebank, dns2020, ...) or verify (embedded)")
-    p.add_argument("--root", default="data/embedded", help="embedded corpus folder (default %(default)s)")
+    p.add_argument("name", nargs="?", help="dataset to download (voicebank, dns2020, ...), or to build or verify "
+                   "(embedded, the default, or embedded-room)")
+    p.add_argument("--root", default=None, help="embedded corpus folder (default data/<name>)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default %(default)s)")
     p.add_argument("--dest", default="data", help="download destination (default %(default)s)")
     p.set_defaults(func=cmd_data)

@@ -56,7 +56,7 @@ def test_unknown_keys_name_the_file_the_key_and_the_valid_keys(tmp_path, data, o
     ("optim.scheduler", "cosin", "none, cosine, step, plateau"),
     ("optim.name", "sgd", "adam, adamw"),
     ("optim.amp", "fp8", "auto, off, bf16, fp16"),
-    ("data.name", "timit", "embedded, voicebank, dns2020"),
+    ("data.name", "timit", "embedded, embedded-room, voicebank, dns2020"),
     ("model.family", "unet", ", ".join(sorted(models.FAMILIES))),
     ("model.preset", "huge", ", ".join(sorted(models.presets("dccrn")))),
     ("kd.method", "attention", ", ".join(kd.METHODS)),

@@ -21,7 +21,7 @@ TEACHERS = sorted((REPO / "configs/teachers").glob("*.yaml"))
 
 
 def test_configs_exist():
-    assert {p.parent.name for p in CONFIGS} == {"smoke", "course", "paper", "teachers", "lessons"}
+    assert {p.parent.name for p in CONFIGS} == {"smoke", "course", "paper", "teachers", "lessons", "scaling"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")

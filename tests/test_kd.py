@@ -409,3 +409,62 @@ def test_dfkd_ablation_switches_match_a_numpy_reference():
     assert float(DFKDLoss(rule="fixed")(flipped, teacher)[0]) > 1.5
     with pytest.raises(ValueError, match="frame_weighting"):
         DFKDLoss(frame_weighting="loud")
+
+
+def test_dfkd_gap_mask_matches_a_numpy_reference():
+    """Knowledge-gap mask (docs/kd.md#knowledge-gap-mask): a band of a frame is distilled only where the
+    teacher's squared spectral error against the clean reference is below the student's."""
+    torch.manual_seed(6)
+    clean = torch.randn(2, 4000)
+    teacher = clean + 0.3 * torch.randn(2, 4000)
+    student = clean + 0.3 * torch.randn(2, 4000) * torch.linspace(0, 2, 4000)   # worse late, better early
+    _, parts = DFKDLoss(rule="fixed", beta=0.4, gap_mask=True)(student, teacher, clean=clean)
+    t, s, c = (np_stft(x.numpy()) for x in (teacher, student, clean))
+    bins = np.arange(t.shape[1])[None, :, None]
+
+    def masked(band):
+        gap = ((np.abs(t - c) ** 2 * band).sum(1) < (np.abs(s - c) ** 2 * band).sum(1)).astype(float)
+        x, y = t * band, s * band
+        dist = 1 - (x.real * y.real + x.imag * y.imag).sum(1) / (np.linalg.norm(np.abs(x), axis=1)
+                                                                 * np.linalg.norm(np.abs(y), axis=1))
+        return gap, (gap * dist).mean()
+
+    gap_low, ref_low = masked(bins <= 32)
+    gap_high, cos_high = masked(bins >= 32)
+    mse_high = (((np.abs(t) - np.abs(s)) * (bins >= 32) * gap_high[:, None, :]) ** 2).mean()
+    assert 0.05 < gap_low.mean() < 0.95 and 0.05 < gap_high.mean() < 0.95   # the mask is not trivial here
+    assert parts["low"] == pytest.approx(ref_low, rel=1e-4)
+    assert parts["high"] == pytest.approx(0.4 * cos_high + 0.6 * mse_high, rel=1e-3)
+    assert parts["gap_share"] == pytest.approx((gap_low.mean() + gap_high.mean()) / 2, abs=1e-6)
+
+
+def test_dfkd_gap_mask_through_the_distiller_spares_rows_without_reference():
+    torch.manual_seed(7)
+    clean = torch.randn(2, 4000)
+    teacher, student = clean + 0.01 * torch.randn(2, 4000), clean + 2.0 * torch.randn(2, 4000)
+    distiller = kd.build("dfkd", teacher=torch.nn.Identity(), options={"gap_mask": True})
+    # the teacher is better everywhere: the mask keeps every frame, as without the mask
+    with_mask = distiller.split(student, clean, teacher_out=teacher)[1]
+    plain = kd.build("dfkd", teacher=torch.nn.Identity()).split(student, clean, teacher_out=teacher)[1]
+    assert float(with_mask) == pytest.approx(float(plain), rel=1e-5)
+    # a student better than the teacher is not distilled, except on a row with no reference
+    labelled = torch.tensor([True, False])
+    _, kd_loss, parts = distiller.split(teacher, clean, teacher_out=student, labelled=labelled)
+    alone = DFKDLoss(gap_mask=True)(teacher[1:], student[1:], clean=clean[1:], labelled=torch.tensor([False]))
+    assert parts["gap_share"] == pytest.approx(0.5, abs=1e-6)
+    assert float(kd_loss) == pytest.approx(float(alone[0]) / 2, rel=1e-4)
+    with pytest.raises(ValueError, match="clean"):
+        DFKDLoss(gap_mask=True)(student, teacher)
+
+
+def test_distiller_se_loss_sees_only_labelled_rows():
+    torch.manual_seed(8)
+    clean, noisy = torch.randn(4, 4000), torch.randn(4, 4000)
+    student, teacher = clean + 0.2 * torch.randn(4, 4000), clean + 0.1 * torch.randn(4, 4000)
+    distiller = kd.build("logits-sisnr", teacher=torch.nn.Identity())
+    labelled = torch.tensor([True, True, False, False])
+    garbage = clean.clone()
+    garbage[2:] = torch.randn(2, 4000) * 1e3   # rows without a reference: whatever stands there is unused
+    se, kd_loss, _ = distiller.split(student, garbage, noisy, teacher, labelled=labelled)
+    assert float(se) == pytest.approx(-reference.si_sdr(student[:2].numpy(), clean[:2].numpy()).mean(), rel=1e-4)
+    assert float(kd_loss) == pytest.approx(-reference.si_sdr(student.numpy(), teacher.numpy()).mean(), rel=1e-4)

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from selib.audio import AudioError, check_waveform, load, save
 from selib.constants import DATASETS, SAMPLE_RATE, SPLITS
-from selib.data.embedded import build_embedded, load_manifest
+from selib.data.embedded import EMBEDDED, build_embedded, load_manifest
 from selib.data.mixing import LEVEL_RANGE, fit_length, snr_mix
 
 VB_VALID_SPEAKERS = ("p226", "p287")
@@ -186,7 +186,7 @@ def _read_frames(path: Path, start: int, length: int) -> np.ndarray:
 def get_dataset(name: str, split: str, root: str | Path | None = None,
                 segment_seconds: float | None = None, seed: int = 0, limit: int | None = None,
                 **options) -> PairedDataset:
-    """The ``split`` of dataset ``name`` (``embedded | voicebank | dns2020``) as a ``Dataset``.
+    """The ``split`` of dataset ``name`` (``embedded | embedded-room | voicebank | dns2020``) as a ``Dataset``.
 
     ``root`` defaults to ``data/<name>`` (VoiceBank test: ``data/voicebank-test`` when only the test
     set was downloaded there); ``limit`` keeps the first items. Options: ``test_set``
@@ -197,7 +197,7 @@ def get_dataset(name: str, split: str, root: str | Path | None = None,
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    allowed = {"embedded": set(), "voicebank": set(), "dns2020": {"test_set", "snr_range"}}[name]
+    allowed = {"voicebank": set(), "dns2020": {"test_set", "snr_range"}}.get(name, set())
     if set(options) - allowed:
         raise TypeError(f"get_dataset({name!r}) got unknown options {sorted(set(options) - allowed)}; "
                         f"valid options: {sorted(allowed) or 'none'}")
@@ -211,16 +211,16 @@ def get_dataset(name: str, split: str, root: str | Path | None = None,
             root = test_only
     root = Path(root)
     crop = {"segment_seconds": segment_seconds, "seed": seed}
-    if name == "embedded":
-        return _embedded(root, split, limit, crop)
+    if name in EMBEDDED:
+        return _embedded(root, split, limit, crop, EMBEDDED[name])
     if name == "voicebank":
         return FilePairs(_voicebank_pairs(root, split, limit), **crop)
     return _dns(root, split, limit, crop, **options)
 
 
-def _embedded(root: Path, split: str, limit, crop) -> FilePairs:
+def _embedded(root: Path, split: str, limit, crop, build: dict) -> FilePairs:
     if not (root / "manifest.json").is_file():
-        build_embedded(root)
+        build_embedded(root, **build)
     items = load_manifest(root)["splits"][split][:limit]
     pairs = [(it["id"], root / it["noisy"], root / it["clean"]) for it in items]
     missing = [str(p) for pair in pairs for p in pair[1:] if not p.is_file()]

@@ -32,34 +32,41 @@ def snr_db(clean: np.ndarray, noise: np.ndarray) -> float:
                                / np.sum(np.square(noise, dtype=np.float64))))
 
 
-def _scale_to(x: np.ndarray, level_db: float) -> np.ndarray:
+def _gain_to(x: np.ndarray, level_db: float) -> float:
+    """The factor that brings ``x`` to ``level_db`` dBFS RMS."""
     rms = np.sqrt(np.mean(np.square(x, dtype=np.float64)))
     if not rms > 0:
         raise ValueError("cannot set the level of a silent signal (RMS 0); use a signal with sound in it")
-    return x * (10 ** (level_db / 20) / rms)
+    return 10 ** (level_db / 20) / rms
 
 
-def snr_mix(clean: np.ndarray, noise: np.ndarray, snr: float, level_db: float
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def snr_mix(clean: np.ndarray, noise: np.ndarray, snr: float, level_db: float,
+            target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Mix equal-length ``clean`` and ``noise`` at ``snr`` dB, mixture at ``level_db`` dBFS RMS.
 
     Returns ``(noisy, clean, noise, info)`` as float64 with ``noisy == clean + noise``; ``info`` holds
     the SNR, the requested and final level (dBFS) and ``peak_scaled`` (whether step 5 applied).
+    ``target`` is what the model must recover when it is not the speech heard (in a room, ``clean`` is
+    the reverberant speech and ``target`` its early part): it gets every gain ``clean`` gets and is
+    returned in its place, so the SNR stays that of the speech heard and ``noisy != target + noise``.
     """
-    if len(clean) != len(noise):
-        raise ValueError(f"clean and noise must have the same length, got {len(clean)} and {len(noise)}; "
-                         "crop or loop the noise first")
-    clean = _scale_to(np.asarray(clean, dtype=np.float64), NORM_DB)
-    noise = _scale_to(np.asarray(noise, dtype=np.float64), NORM_DB - snr)
+    if len(clean) != len(noise) or (target is not None and len(target) != len(clean)):
+        raise ValueError(f"clean, noise (and target) must have the same length, got {len(clean)}, {len(noise)}"
+                         f"{'' if target is None else f' and {len(target)}'}; crop or loop the noise first")
+    speech_gain = _gain_to(clean, NORM_DB)
+    clean = np.asarray(clean, dtype=np.float64) * speech_gain
+    target = clean if target is None else np.asarray(target, dtype=np.float64) * speech_gain
+    noise = np.asarray(noise, dtype=np.float64)
+    noise = noise * _gain_to(noise, NORM_DB - snr)
     noisy = clean + noise
     gain = 10 ** (level_db / 20) / np.sqrt(np.mean(noisy ** 2))
-    noisy, clean, noise = noisy * gain, clean * gain, noise * gain
-    peak = max(np.abs(noisy).max(), np.abs(clean).max(), np.abs(noise).max())
+    noisy, target, noise = noisy * gain, target * gain, noise * gain
+    peak = max(np.abs(noisy).max(), np.abs(target).max(), np.abs(noise).max())
     if peak > PEAK:
-        noisy, clean, noise = (x * (PEAK / peak) for x in (noisy, clean, noise))
+        noisy, target, noise = (x * (PEAK / peak) for x in (noisy, target, noise))
     info = {"snr_db": float(snr), "target_level_db": float(level_db), "level_db": round(rms_db(noisy), 3),
             "peak_scaled": bool(peak > PEAK)}
-    return noisy, clean, noise, info
+    return noisy, target, noise, info
 
 
 def fit_length(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

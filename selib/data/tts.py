@@ -33,6 +33,7 @@ VALID_VOICES = ("en-us+m6", "en+f4", "en-gb-x-rp+klatt4")
 TEST_VOICES = ("en-us+m7", "en-us+f5", "en-gb-scotland+belinda", "en-029+m8", "en+Andrea",
                "en-us-nyc+klatt3")
 VOICES = {"train": TRAIN_VOICES, "valid": VALID_VOICES, "test": TEST_VOICES}
+ACCENTS = ("en", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc")
 BATCH = 96  # utterances per fresh worker process; part of what fixes the output, never change silently
 
 # eSpeak NG C API constants (speak_lib.h).
@@ -137,7 +138,7 @@ class _ESpeak:
     def speak(self, u: Utterance) -> np.ndarray:
         if self.lib.espeak_SetVoiceByName(u.voice.encode()) != 0:
             raise TTSError(f"eSpeak NG has no voice {u.voice!r}; use '<accent>+<variant>' such as "
-                           f"'en-us+f3' (accents: en, en-us, en-gb-x-rp, en-gb-scotland, en-029, en-us-nyc)")
+                           f"'en-us+f3' (accents: {', '.join(ACCENTS)})")
         if not (0 <= u.pitch <= 100 and 80 <= u.rate <= 450):
             raise TTSError(f"pitch must be in 0..100 and rate in 80..450 words/min, got {u.pitch}, {u.rate}")
         self.lib.espeak_SetParameter(_RATE, int(u.rate), 0)

@@ -52,7 +52,8 @@ class Distiller(nn.Module):
     """One KD method: ``L_SE(student_out, clean) + weight * sum_k w_k KD_k`` over its KD terms.
 
     ``terms`` maps a name to ``(w_k, module)``; each module is called as
-    ``module(student_out, teacher_out, student_features, teacher_features) -> (loss, parts)``.
+    ``module(student_out, teacher_out, student_features, teacher_features) -> (loss, parts)``, and with
+    ``clean=`` and ``labelled=`` too when its ``needs_clean`` is true (DFKD's knowledge-gap mask).
     ``noisy`` is part of the common interface; none of selib's methods needs it. KD terms run in
     float32 with autocast off (relations, logarithms and STFTs need the range and precision).
     """
@@ -99,10 +100,18 @@ class Distiller(nn.Module):
 
     def split(self, student_out: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor | None = None,
               teacher_out: torch.Tensor | None = None, student_features: dict | None = None,
-              teacher_features: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+              teacher_features: dict | None = None, labelled: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
         """``(L_SE, KD or None, parts)``: the loss before weighting, so that a trainer can measure the
-        gradient of each part (``kd.balance``, the logged gradient ratio)."""
-        se = self.se_loss(student_out, clean)
+        gradient of each part (``kd.balance``, the logged gradient ratio). ``labelled`` (``[B]`` bool)
+        marks the rows whose ``clean`` is a reference: L_SE is the mean over those rows only, KD is taken
+        over every row (rows of a transfer set have noisy audio and no reference; None: all labelled)."""
+        if labelled is None:
+            se = self.se_loss(student_out, clean)
+        elif bool(labelled.any()):
+            se = self.se_loss(student_out[labelled], clean[labelled])
+        else:
+            se = student_out.new_zeros(())
         parts = {"se": float(se.detach())}
         if not self.terms:
             return se, None, parts
@@ -114,7 +123,9 @@ class Distiller(nn.Module):
         kd = 0.0
         with torch.autocast(student_out.device.type, enabled=False):
             for name, term in self.terms.items():
-                value, term_parts = term(student_out, teacher_out, student_features, teacher_features)
+                reference = ({"clean": clean.float(), "labelled": labelled}
+                             if getattr(term, "needs_clean", False) else {})
+                value, term_parts = term(student_out, teacher_out, student_features, teacher_features, **reference)
                 kd = kd + self.term_weights[name] * value
                 parts.update(term_parts)
                 if len(self.terms) > 1:
