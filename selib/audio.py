@@ -19,10 +19,12 @@ import torch
 import torchaudio.functional as AF
 
 from selib.constants import SAMPLE_RATE
-from selib.files import write_atomically
+from selib.files import not_a_file, write_atomically
 RATE_RANGE = (4000, 384000)      # sample rates load() accepts, in Hz (telephone band to 384 kHz studio)
 MAX_KERNEL = 4_000_000           # torchaudio's resampling kernel holds new x orig (reduced) taps; above
                                  # this (coprime rates such as 44101 -> 16000) a polyphase FIR is used
+MAX_PEAK = 1000.0                # +60 dB above full scale: no recording is this loud; a larger peak is
+                                 # damage or a wrong scale (a DCCRN outputs NaN for a 1e20 input)
 WAV_PCM_BITS, WAV_FLOAT_BITS = (8, 16, 24, 32), (32, 64)
 OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 
@@ -32,13 +34,19 @@ class AudioError(ValueError):
 
 
 def check_waveform(wav: torch.Tensor | np.ndarray, name: str = "waveform") -> None:
-    """Raise :class:`AudioError` if ``wav`` is empty or holds NaN/Inf samples."""
+    """Raise :class:`AudioError` if ``wav`` is empty, holds NaN/Inf samples or peaks above
+    :data:`MAX_PEAK` (audio lies within [-1, 1])."""
     wav = torch.as_tensor(wav)
     if wav.numel() == 0 or wav.shape[-1] == 0:
         raise AudioError(f"{name}: the audio is empty (0 samples); use a file with sound in it.")
     if not torch.isfinite(wav).all():
         bad = int((~torch.isfinite(wav)).sum())
         raise AudioError(f"{name}: {bad} samples are NaN or Inf; re-export the file or drop it.")
+    peak = float(wav.abs().max())
+    if peak > MAX_PEAK:
+        raise AudioError(f"{name}: peak level {peak:.3g} is {20 * math.log10(peak):.0f} dB above full scale "
+                         f"(audio lies within [-1, 1]; selib refuses peaks above {MAX_PEAK:g}): the file is "
+                         "damaged or wrongly scaled; rescale it to [-1, 1] or re-export it.")
 
 
 def resample(wav: torch.Tensor, orig_rate: int, new_rate: int = SAMPLE_RATE) -> torch.Tensor:
@@ -65,8 +73,9 @@ def load(path: str | Path, sample_rate: int = SAMPLE_RATE, mix_down: bool = Fals
     32/64-bit float, NaN/Inf samples and empty files raise :class:`AudioError`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file; check the path.")
+    problem = not_a_file(path)
+    if problem:
+        raise AudioError(f"{path}: {problem}; give the path of an audio file.")
     try:
         info = sf.info(str(path))
         _check_header(path, info)

@@ -5,12 +5,14 @@ A selib checkpoint is a ``torch.save`` zip file holding at least ``model`` (the 
 ``config`` (the resolved config it was trained with). :func:`save_checkpoint` writes it atomically.
 :func:`load_checkpoint` refuses, with one line that names the file and what to do, anything that is
 not such a file: a missing or truncated file, bytes changed on disk (every zip member's CRC-32 is
-verified before torch reads it), a pickle that ``torch.load(..., weights_only=True)`` will not run (a
-legacy or malicious file) and a file without the selib keys. :func:`load_model` rebuilds the model.
+verified before torch reads it; a zip structure torch's reader rejects is damage too), a pickle that
+``torch.load(..., weights_only=True)`` will not run (a legacy or malicious file) and a file without
+the selib keys. :func:`load_model` rebuilds the model.
 """
 from __future__ import annotations
 
 import io
+import pickle
 import zipfile
 import zlib
 from pathlib import Path
@@ -18,9 +20,10 @@ from typing import Any, Mapping
 
 import torch
 
-from selib.files import write_atomically
+from selib.files import not_a_file, write_atomically
 
 REQUIRED_KEYS = ("model", "config")
+ZIP_READER_FAILED = "PytorchStreamReader failed reading"   # how torch's errors on a damaged archive begin
 DEFAULT_FIX = "pass the best.pt or last.pt that selib wrote for a run (selib train CONFIG makes one)"
 
 
@@ -52,35 +55,48 @@ def verify_checkpoint(path: str | Path, fix: str = DEFAULT_FIX) -> None:
     """Raise :class:`CheckpointError` unless ``path`` is a complete zip file whose members all pass
     their CRC-32 check (what ``torch.save`` writes; torch itself does not check the CRCs)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint; {fix}.")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a selib checkpoint (not a complete torch zip file: truncated, "
-                              f"a legacy torch format or another kind of file); {fix}.")
+    problem = not_a_file(path)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; {fix}.")
     try:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a selib checkpoint (not a complete torch zip file: "
+                                  f"truncated, a legacy torch format or another kind of file); {fix}.")
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as err:
-        bad = f"its zip structure ({err})"
+        raise _damaged(path, f"its zip structure is broken: {err}", fix) from None
     if bad is not None:
-        raise CheckpointError(f"{path}: the checkpoint is damaged ({bad} fails its CRC check: the bytes "
-                              f"changed on disk or in transfer); use an intact copy, or {fix}.")
+        raise _damaged(path, f"{bad} fails its CRC check", fix)
+
+
+def _damaged(path: Path, what: str, fix: str) -> CheckpointError:
+    return CheckpointError(f"{path}: the checkpoint is damaged ({what}); its bytes changed on disk or in "
+                           f"transfer: use an intact copy, or {fix}.")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", fix: str = DEFAULT_FIX,
                     required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
     """The verified content of a selib checkpoint, loaded with ``torch.load(..., weights_only=True)``;
     ``fix`` is the advice printed with any error (e.g. what to do with a broken ``last.pt``), and
-    ``required`` the keys it must hold."""
+    ``required`` the keys it must hold. A failure of torch.load is worded by its kind: a refused
+    pickle (distrust), an archive torch's zip reader rejects (damage) or another file torch cannot read."""
     path = Path(path)
     verify_checkpoint(path, fix)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch's message advises weights_only=False: never pass that on
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never pass that on
         raise CheckpointError(
             f"{path}: not a trusted selib checkpoint: torch.load(weights_only=True) refused it "
-            f"({type(err).__name__}; it holds Python objects other than tensors and plain data, as a "
-            f"legacy or a malicious file does); {fix}.") from None
+            f"(it holds Python objects other than tensors and plain data, as a legacy or a malicious file "
+            f"does); {fix}.") from None
+    except Exception as err:
+        first = str(err).strip().split("\n")[0]
+        if first.startswith(ZIP_READER_FAILED):   # end records Python's zipfile tolerates, miniz does not
+            reason = first.split(". ")[0].rsplit(": ", 1)[-1]
+            raise _damaged(path, f"torch's zip reader rejects its structure: {reason}", fix) from None
+        raise CheckpointError(f"{path}: not a selib checkpoint: torch.load cannot read it "
+                              f"({type(err).__name__}); {fix}.") from None
     if not isinstance(state, dict) or any(key not in state for key in required):
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a selib checkpoint (it lacks the keys {list(required)}; "

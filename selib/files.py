@@ -1,10 +1,14 @@
 """Writing files so that a crash, a kill or a full disk never leaves a half-written file under the real
 name (used for checkpoints and audio; lesson ``06_training_teacher_student`` explains why it matters
-for resuming)."""
+for resuming), and telling a missing input from one that is a folder or a device."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def write_atomically(path: str | Path, data: bytes | memoryview) -> Path:
@@ -23,3 +27,16 @@ def write_atomically(path: str | Path, data: bytes | memoryview) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def not_a_file(path: str | Path) -> str | None:
+    """Why ``path`` is not a regular file to read ("no such file", "is a folder, not a regular file",
+    ...), or None when it is one. Only ``stat`` looks at it: a FIFO is never opened (it would block)."""
+    try:
+        mode = Path(path).stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "no such file"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    return f"is {kind}, not a regular file"

@@ -70,8 +70,11 @@ class MetricError(ValueError):
     """A signal pair a metric cannot score; ``status`` names the case (see :data:`STATUSES`)."""
 
     def __init__(self, status: str, reason: str):
-        super().__init__(f"{status}: {reason}")
+        super().__init__(status, reason)   # args are the constructor's, so it pickles into worker processes
         self.status, self.reason = status, reason
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.reason}"
 
 
 # ---------------------------------------------------------------------------------------------- input

@@ -76,6 +76,20 @@ def test_streamed_wav_with_unknown_length_still_loads(tmp_path):
     assert len(load(path)) == 1600
 
 
+def test_an_absurdly_loud_file_is_refused_naming_its_level(tmp_path):
+    """Float files may peak a little above full scale; 60 dB above it is damage or a wrong scale."""
+    tone = np.sin(np.arange(16000) / 10)
+    for peak, db in ((1e20, 400), (32767.0, 90)):      # 90 dB: 16-bit sample values stored as float
+        path = tmp_path / f"peak{peak:g}.wav"
+        sf.write(path, peak * tone, 16000, subtype="FLOAT")
+        with pytest.raises(AudioError) as err:
+            load(path)
+        assert str(err.value).startswith(f"{path}: peak level {peak:.3g} is {db} dB above full scale")
+        assert "rescale it to [-1, 1]" in str(err.value)
+    sf.write(tmp_path / "hot.wav", 2.0 * tone, 16000, subtype="FLOAT")
+    assert load(tmp_path / "hot.wav").abs().max() == pytest.approx(2.0, rel=1e-4)
+
+
 @pytest.mark.parametrize("bits,fmt", [(12, 1), (20, 1), (7, 1)])
 def test_nonstandard_bit_depth_is_refused(tmp_path, bits, fmt):
     path = tmp_path / f"bits{bits}.wav"
@@ -147,9 +161,10 @@ def test_an_unreadable_corpus_file_fails_only_its_own_item(tmp_path):
         dataset[2]
 
 
-def test_constant_reference_is_a_silent_reference():
+@pytest.mark.parametrize("workers", [1, 2])   # statuses cross into worker processes with two
+def test_constant_reference_is_a_silent_reference(workers):
     est = np.random.default_rng(0).standard_normal(16000) * 0.1
     result = metrics.evaluate([("dc", est, np.full(16000, 0.3)), ("zero", est, np.zeros(16000))],
-                              metrics=("si_sdr", "stoi"), workers=1)
+                              metrics=("si_sdr", "stoi"), workers=workers)
     assert {row[f"{m}_status"] for row in result.rows for m in ("si_sdr", "stoi")} == {"silent_reference"}
     assert "constant" in result.rows[0]["si_sdr_reason"]

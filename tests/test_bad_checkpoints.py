@@ -13,7 +13,8 @@ import torch
 from selib import models
 from selib.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
 
-from bad_input import assert_one_line_error, file_size_limit, flip_byte, run_selib, write_checkpoint
+from bad_input import (NOT_FILES, assert_one_line_error, file_size_limit, flip_byte, not_a_file, run_selib,
+                       write_checkpoint, write_speech_like)
 
 
 class _Payload:
@@ -73,6 +74,42 @@ def test_a_flipped_byte_is_detected_by_the_zip_crc(tmp_path, good):
     assert "model" in torch.load(good, weights_only=True)       # what happened before this check
     with pytest.raises(CheckpointError, match=r"is damaged \(.*/data/\d+ fails its CRC check"):
         load_model(good)
+
+
+# One bit of the zip64 end records torch.save writes (offsets from the zip64 end-of-central-directory
+# signature): each is damage, which torch's zip reader or Python's zipfile rejects; none is distrust.
+END_RECORD_BITS = {"zip64 record size": (4, 0x04), "this disk's number": (16, 0x01),
+                   "total entries": (32, 0x01), "disk of the zip64 record": (60, 0x01)}
+
+
+@pytest.mark.parametrize("field", END_RECORD_BITS)
+def test_a_flipped_bit_in_the_end_records_is_damage_not_distrust(tmp_path, good, field):
+    offset, mask = END_RECORD_BITS[field]
+    flip_byte(good, good.read_bytes().rfind(b"PK\x06\x06") + offset, mask)
+    with pytest.raises(CheckpointError) as err:
+        load_model(good)
+    message = str(err.value)
+    assert message.startswith(f"{good}: the checkpoint is damaged (") and "\n" not in message
+    assert "use an intact copy" in message and "trusted" not in message and "malicious" not in message
+
+
+def test_enhance_names_a_damaged_zip_structure_as_damage(tmp_path, good):
+    flip_byte(good, good.read_bytes().rfind(b"PK\x06\x06") + 16, 0x01)
+    with pytest.raises(RuntimeError, match="multidisk"):
+        torch.load(good, weights_only=True)                       # torch's own verdict: a damaged archive
+    noisy = write_speech_like(tmp_path / "in.wav")
+    out = run_selib("enhance", "--checkpoint", good, noisy, tmp_path / "out.wav")
+    assert_one_line_error(out, f"{good}: the checkpoint is damaged", "zip reader rejects its structure",
+                          "unsupported multidisk archive", "use an intact copy")
+    assert "trusted" not in out.stderr and not (tmp_path / "out.wav").exists()
+
+
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_a_folder_fifo_or_device_is_named_as_such_not_missing(tmp_path, kind):
+    path = not_a_file(tmp_path, kind)
+    out = run_selib("eval", path, "--out", tmp_path / "eval")     # a FIFO opened would hang the command
+    line = assert_one_line_error(out, f"{path}: is {NOT_FILES[kind]}, not a regular file; pass the best.pt")
+    assert "no such" not in line and not (tmp_path / "eval").exists()
 
 
 def test_a_checkpoint_of_another_model_gets_one_line(tmp_path, good):

@@ -4,10 +4,12 @@ overlap-add behind them (selib.inference), checked against a whole-file pass."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from torch import nn
 
@@ -15,7 +17,7 @@ from selib.audio import AudioError
 from selib.data import load_manifest
 from selib.inference import ModelOutputError, enhance, enhance_and_score
 
-from bad_input import (assert_one_line_error, flip_byte, limit_file_size, run_selib,
+from bad_input import (NOT_FILES, assert_one_line_error, flip_byte, limit_file_size, not_a_file, run_selib,
                        write_checkpoint, write_corpus, write_speech_like)
 
 
@@ -60,17 +62,40 @@ def test_a_model_that_outputs_nan_is_reported_as_the_model_fault(tmp_path):
     assert not (tmp_path / "out.wav").exists()
 
 
+def test_enhance_blames_an_absurdly_loud_input_not_the_checkpoint(tmp_path, checkpoint):
+    noisy = tmp_path / "loud.wav"
+    sf.write(noisy, 1e20 * np.sin(np.arange(16000) / 10), 16000, subtype="FLOAT")   # finite in float32
+    out = run_selib("enhance", "--checkpoint", checkpoint, noisy, tmp_path / "out.wav")
+    line = assert_one_line_error(out, f"{noisy}: peak level 1e+20 is 400 dB above full scale",
+                                 "rescale it to [-1, 1]")
+    assert "retrain" not in line and str(checkpoint) not in line and not (tmp_path / "out.wav").exists()
+
+
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_enhance_names_a_folder_fifo_or_device_input_as_such(tmp_path, checkpoint, kind):
+    source = not_a_file(tmp_path, kind)          # a FIFO that selib opened would hang the command
+    out = run_selib("enhance", "--checkpoint", checkpoint, source, tmp_path / "out.wav")
+    assert_one_line_error(out, f"{source}: is {NOT_FILES[kind]}, not a regular file; give the path of an "
+                          "audio file")
+    assert not (tmp_path / "out.wav").exists()
+
+
 def test_eval_validates_metrics_before_any_work(tmp_path, checkpoint):
     out = run_selib("eval", checkpoint, "--metrics", "si_sdr", "pesq_wbb", "--out", tmp_path / "eval")
     assert_one_line_error(out, "unknown metrics ['pesq_wbb']", "choose from pesq_wb, pesq_nb")
     assert not (tmp_path / "eval").exists()
 
 
-def test_eval_scores_the_rest_past_a_damaged_file(tmp_path, corpus, checkpoint):
+# Scores cross into worker processes with more than one worker, so every bad-input evaluation runs with both.
+WORKERS = [1, 2]
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_eval_scores_the_rest_past_a_damaged_file(tmp_path, corpus, checkpoint, workers):
     damaged = shutil.copytree(corpus, tmp_path / "embedded")
     item = load_manifest(damaged)["splits"]["test"][1]
     flip_byte(damaged / item["noisy"], 2000)
-    out = run_selib("eval", checkpoint, "--root", damaged, "--metrics", "si_sdr", "--workers", "1",
+    out = run_selib("eval", checkpoint, "--root", damaged, "--metrics", "si_sdr", "--workers", workers,
                     "--out", tmp_path / "eval")
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert "1 utterance(s) not scored (first: test_0001)" in out.stderr and "si_sdr" in out.stdout
@@ -84,6 +109,21 @@ def test_eval_scores_the_rest_past_a_damaged_file(tmp_path, corpus, checkpoint):
     assert verify.returncode == 1 and "Traceback" not in verify.stderr
     assert verify.stdout.splitlines()[0] == f"{damaged / item['noisy']}: SHA-256 differs from the manifest (the file changed)"
     assert f"{damaged}: 14 of 15 files match the manifest; rebuild the corpus" in verify.stdout
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_eval_of_a_nan_checkpoint_reports_every_utterance_and_writes_its_files(tmp_path, corpus, workers):
+    broken = write_checkpoint(tmp_path / "broken.pt", nan=True, data={"root": str(corpus)},
+                              eval={"metrics": ["si_sdr"]})
+    out = run_selib("eval", broken, "--workers", workers, "--out", tmp_path / "eval")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "3 utterance(s) not scored (first: test_0000); their reasons are in scores.csv" in out.stderr
+    with open(tmp_path / "eval" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["si_sdr_status"] for row in rows] == ["nonfinite_output"] * 3
+    assert all("NaN/Inf" in row["si_sdr_reason"] and "retrain it" in row["si_sdr_reason"] for row in rows)
+    summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]["si_sdr"]
+    assert summary["n_ok"] == 0 and summary["statuses"] == {"nonfinite_output": 3}
 
 
 class _Dilated(nn.Module):
@@ -141,8 +181,9 @@ class _NanAboveOne(nn.Module):
         return torch.where(x.abs().amax() > 1, torch.full_like(x, float("nan")), self.gain * x)
 
 
-def test_enhance_and_score_gives_each_failure_a_status_and_scores_the_rest():
-    result, timing = enhance_and_score(_NanAboveOne(), _OneBadFile(), ["si_sdr"], workers=1)
+@pytest.mark.parametrize("workers", WORKERS)
+def test_enhance_and_score_gives_each_failure_a_status_and_scores_the_rest(workers):
+    result, timing = enhance_and_score(_NanAboveOne(), _OneBadFile(), ["si_sdr"], workers=workers)
     rows = {row["id"]: row for row in result.rows}
     assert [rows[u]["si_sdr_status"] for u in ("u0", "u1", "u2")] == ["ok", "unreadable", "nonfinite_output"]
     assert rows["u1"]["si_sdr_reason"] == "/data/u1.wav: cannot be read as audio (damaged); rebuild the corpus"

@@ -249,7 +249,8 @@ def test_estoi_in_evaluate_is_reproducible_per_utterance(clean):
     assert forward.rows[1]["estoi"] == backward.rows[0]["estoi"]
 
 
-def test_evaluate_records_each_failure_and_scores_the_rest(clean, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])   # failures cross into worker processes with two
+def test_evaluate_records_each_failure_and_scores_the_rest(clean, tmp_path, workers):
     good = at_snr(clean, 10)
     burst = np.zeros(SR)
     burst[12000:12400] = 1e-3 * np.random.default_rng(0).standard_normal(400)
@@ -265,13 +266,16 @@ def test_evaluate_records_each_failure_and_scores_the_rest(clean, tmp_path):
         ("burst", np.random.default_rng(1).standard_normal(SR), burst),
         ("zeros", np.zeros_like(clean), clean),
         ("ok2", torch.from_numpy(at_snr(clean, 20)).float(), torch.from_numpy(clean).float()),
+        {"id": "lost", "status": "unreadable", "reason": "lost.wav: cannot be read as audio"},
     ]
-    result = M.evaluate(items, workers=1, csv_path=tmp_path / "scores.csv",
+    result = M.evaluate(items, workers=workers, csv_path=tmp_path / "scores.csv",
                         json_path=tmp_path / "out" / "metrics.json")
     rows = {row["id"]: row for row in result.rows}
-    # unreadable / nonfinite_output are given by enhance_and_score (tests/test_bad_eval.py)
-    given_by_caller = {"unreadable", "nonfinite_output"}
-    assert {row[f"{m}_status"] for row in result.rows for m in M.DEFAULT_METRICS} == set(M.STATUSES) - given_by_caller
+    # nonfinite_output is given by enhance_and_score like unreadable here (tests/test_bad_eval.py)
+    statuses = {row[f"{m}_status"] for row in result.rows for m in M.DEFAULT_METRICS}
+    assert statuses == set(M.STATUSES) - {"nonfinite_output"}
+    assert rows["lost"]["csig_reason"] == "lost.wav: cannot be read as audio"
+    assert math.isnan(rows["lost"]["csig"])
     for uid in ("ok1", "ok2"):
         assert all(rows[uid][f"{m}_status"] == "ok" for m in M.DEFAULT_METRICS)
     for uid, status in (("silent", "silent_reference"), ("nan", "nonfinite_input"),
@@ -287,9 +291,10 @@ def test_evaluate_records_each_failure_and_scores_the_rest(clean, tmp_path):
     assert rows["zeros"]["si_sdr"] == pytest.approx(-80.0) and abs(rows["zeros"]["ssnr"]) < 1e-9  # 0 dB
 
     pesq_summary = result.summary["pesq_wb"]
-    assert (pesq_summary["n_ok"], pesq_summary["n_total"]) == (2, 9)
+    assert (pesq_summary["n_ok"], pesq_summary["n_total"]) == (2, 10)
     assert pesq_summary["statuses"] == {"ok": 2, "too_short": 1, "silent_reference": 1, "nonfinite_input": 1,
-                                        "length_mismatch": 1, "wrong_rate": 1, "no_utterance": 1, "error": 1}
+                                        "length_mismatch": 1, "wrong_rate": 1, "no_utterance": 1, "error": 1,
+                                        "unreadable": 1}
     assert pesq_summary["mean"] == pytest.approx((rows["ok1"]["pesq_wb"] + rows["ok2"]["pesq_wb"]) / 2)
     assert result.summary["si_sdr"]["n_ok"] == 5  # ok1, short, burst, zeros, ok2
 

@@ -2,16 +2,20 @@
 checkpoints, and the one training command line (``selib train`` = ``python -m selib.train``)."""
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from selib.checkpoints import CheckpointError
 from selib.config import load
+from selib.data import load_manifest
 from selib.train import Trainer
 
-from bad_input import assert_one_line_error, flip_byte, run_selib, write_checkpoint
+from bad_input import assert_one_line_error, flip_byte, run_selib, write_checkpoint, write_corpus
 from runner import synthetic
 
 BASE = {"seed": 0, "data": {"segment_seconds": 0.25, "batch_size": 4},
@@ -84,6 +88,24 @@ def test_teacher_of_another_family_is_one_line(tmp_path):
         Trainer(_kd_config(teacher), tmp_path / "run", datasets=synthetic(8, 0.25))
     assert str(err.value).startswith(f"{teacher}: holds a dccrn 'tiny-teacher' model, not the convtasnet "
                                      "'tiny-teacher' model asked for")
+
+
+@pytest.mark.parametrize("workers", [1, 2])   # the test split's scores cross into worker processes with two
+def test_selib_train_scores_the_test_split_past_a_damaged_file(tmp_path, workers):
+    corpus = write_corpus(tmp_path / "embedded")
+    damaged = corpus / load_manifest(corpus)["splits"]["test"][1]["noisy"]
+    flip_byte(damaged, 2000)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**BASE, "data": {**BASE["data"], "root": str(corpus), "batch_size": 1},
+                                      "model": {"family": "dccrn", "preset": "tiny-student"}}))
+    out = run_selib("train", config, "--run-dir", tmp_path / "run", "--set", f"eval.workers={workers}")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())["summary"]["si_sdr"]
+    assert summary["statuses"] == {"ok": 2, "unreadable": 1} and summary["n_total"] == 3
+    with open(tmp_path / "run" / "scores.csv") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    assert rows["test_0001"]["si_sdr_status"] == "unreadable"
+    assert str(damaged) in rows["test_0001"]["si_sdr_reason"]
 
 
 def test_selib_train_and_python_m_selib_train_behave_identically(tmp_path):

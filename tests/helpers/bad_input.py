@@ -62,11 +62,21 @@ def write_speech_like(path: Path, seconds: float = 1.0, rate: int = 16000, seed:
     return path
 
 
-def flip_byte(path: Path, offset: int) -> None:
-    """Invert the bits of one byte of ``path`` in place."""
+def flip_byte(path: Path, offset: int, mask: int = 0xFF) -> None:
+    """Invert the bits of one byte of ``path`` in place (those set in ``mask``: all by default)."""
     data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
+    data[offset] ^= mask
     path.write_bytes(bytes(data))
+
+
+NOT_FILES = {"folder": "a folder", "fifo": "a FIFO (named pipe)", "device": "a character device"}
+
+
+def not_a_file(tmp_path: Path, kind: str) -> Path:
+    """A path that exists but is no regular file: a folder, a FIFO made here, or ``/dev/null``."""
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe")
+    return {"folder": tmp_path, "fifo": tmp_path / "pipe", "device": Path(os.devnull)}[kind]
 
 
 @contextmanager
