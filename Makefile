@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: setup quickstart teachers test test-fast lab notebooks bench bench-env exercises book
+.PHONY: setup quickstart teachers scaling test test-fast lab notebooks bench bench-env exercises book
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ quickstart: setup
 # The shipped course teachers: trains configs/teachers/*.yaml, writes teachers/<name>.pt and .json.
 teachers: setup
 	$(BIN)/selib teachers
+
+# Scaling curves at convergence (configs/scaling/, hours on 2 cores; resumable): runs/scaling/, then the
+# summary in benchmarks/results/scaling/ (docs/validation-log.md, "Scaling at convergence").
+scaling: setup
+	$(BIN)/python tools/scaling.py train --workers 2
+	$(BIN)/python tools/scaling.py summary
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests

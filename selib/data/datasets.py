@@ -36,9 +36,9 @@ class DatasetMissing(FileNotFoundError):
     """A dataset is not on disk (or incomplete); the message shows the expected layout and the fix."""
 
 
-class PairedDataset(Dataset, ABC):
-    """Base class: cropping, padding and epochs. Subclasses implement ``__len__`` and
-    ``pair(index, rng) -> (id, noisy, clean)`` with 1-D float32 numpy arrays at 16 kHz."""
+class Crops:
+    """Epochs and crops: each item's random generator, and so its crop, is a pure function of
+    ``(seed, epoch, index)`` (the paired datasets here and the transfer sets of ``selib.data.transfer``)."""
 
     def __init__(self, segment_seconds: float | None = None, seed: int = 0):
         if segment_seconds is not None and not segment_seconds > 0:
@@ -60,6 +60,15 @@ class PairedDataset(Dataset, ABC):
             return 0, n
         return int(rng.integers(0, max(0, n - self.segment) + 1)), self.segment
 
+    def cut(self, x: np.ndarray, start: int, length: int) -> np.ndarray:
+        """``x[start:start + length]``, zero-padded at the end to ``length`` samples."""
+        return np.pad(x[start:start + length], (0, max(0, start + length - len(x))))
+
+
+class PairedDataset(Crops, Dataset, ABC):
+    """Base class: cropping, padding and epochs. Subclasses implement ``__len__`` and
+    ``pair(index, rng) -> (id, noisy, clean)`` with 1-D float32 numpy arrays at 16 kHz."""
+
     @abstractmethod
     def __len__(self) -> int: ...
 
@@ -79,8 +88,7 @@ class PairedDataset(Dataset, ABC):
             raise AudioError(f"{item_id}: noisy has {len(noisy)} samples but clean has {len(clean)}; "
                              "the pair must be time-aligned")
         start, length = self.crop(len(clean), rng)
-        noisy, clean = (np.pad(x[start:start + length], (0, max(0, start + length - len(x))))
-                        for x in (noisy, clean))
+        noisy, clean = (self.cut(x, start, length) for x in (noisy, clean))
         check_waveform(noisy, f"{item_id} (noisy)")    # data enters here: the models do not check
         check_waveform(clean, f"{item_id} (clean)")
         return {"id": item_id, "noisy": torch.from_numpy(np.ascontiguousarray(noisy, np.float32)),
