@@ -1,4 +1,4 @@
-"""The ``selib`` command line (also ``python -m selib``); ``selib COMMAND --help`` explains each command.
+"""The ``selib`` command line (also ``python -m selib``, and ``torchrun -m selib train`` for DDP); ``selib COMMAND --help`` explains each command.
 
 Mistakes in what the user passed (a bad audio file, a bad config, a missing dataset) are printed as
 one line on stderr and exit with status 2, without a traceback. Lesson ``11_results_and_deployment``
@@ -65,7 +65,7 @@ def cmd_train(args) -> None:
               f"{p['run_seconds'] / 3600:.2f} h for the run ({p['total_steps']} steps, validation not "
               "included); nothing was trained or written")
         return
-    run_dir = Path(args.run_dir) if args.run_dir else cfg.run_dir()
+    run_dir = Path(args.run_dir) if args.run_dir else RunDir.of(cfg).path
     result = train.run(cfg, run_dir, test=not args.no_test)
     if result:
         _print_summary(result["summary"])

@@ -33,9 +33,8 @@ import pystoi
 import torch
 from scipy import stats as _stats
 
-from selib.constants import SAMPLE_RATE
-METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "si_snr", "csig", "cbak", "covl",
-           "ssnr", "llr", "wss")
+from selib.constants import METRICS, SAMPLE_RATE
+
 DEFAULT_METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "csig", "cbak", "covl", "ssnr")
 STATUSES = ("ok", "too_short", "silent_reference", "no_utterance", "too_few_frames", "length_mismatch",
             "nonfinite_input", "wrong_rate", "unreadable", "nonfinite_output", "error")

@@ -11,7 +11,7 @@ on GPU): ``data.batch_size`` is the *global* batch; each of the W ranks takes it
 ``batch_size / W`` items of every global batch, so the averaged gradient is the single-process one.
 Only rank 0 writes files. Command line::
 
-    torchrun --nproc_per_node 2 -m selib.train CONFIG --run-dir DIR [--set key=value ...]
+    torchrun --nproc_per_node 2 -m selib train CONFIG --run-dir DIR [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -757,21 +757,9 @@ def run(config: Config | Mapping | str | Path, run_dir: str | Path | None = None
     ``metrics.json`` and ``scores.csv`` in ``run_dir`` (default ``runs/<name>-s<seed>``). Returns the
     ``metrics.json`` content (empty on ranks other than 0, and without ``test``)."""
     cfg = load(config, overrides)
-    trainer = Trainer(cfg, run_dir or cfg.run_dir(), datasets=datasets)
+    trainer = Trainer(cfg, run_dir or RunDir.of(cfg).path, datasets=datasets)
     try:
         trainer.fit()
         return trainer.test() if test else {}
     finally:
         trainer.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m selib.train CONFIG [--run-dir DIR] [--set key=value ...] [--no-test]``: the same
-    command, messages and exit codes as ``selib train``."""
-    from selib.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

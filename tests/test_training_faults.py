@@ -1,7 +1,9 @@
 """Training faults on disk: a truncated or damaged last.pt on resume, untrusted or mismatched teacher
-checkpoints, and the one training command line (``selib train`` = ``python -m selib.train``)."""
+checkpoints, and the one training command line (``selib train`` = ``python -m selib train``)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from selib.checkpoints import CheckpointError
 from selib.config import load
 from selib.train import Trainer
 
-from bad_input import assert_one_line_error, flip_byte, run_selib, write_checkpoint
+from bad_input import ENV, REPO, assert_one_line_error, flip_byte, run_selib, write_checkpoint
 from runner import synthetic
 
 BASE = {"seed": 0, "data": {"segment_seconds": 0.25, "batch_size": 4},
@@ -89,8 +91,10 @@ def test_teacher_of_another_family_is_one_line(tmp_path):
 def test_selib_train_and_python_m_selib_train_behave_identically(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("optim: {lr: .inf}\n")
-    outs = [run_selib("train", config, "--run-dir", tmp_path / "run"),
-            run_selib(config, "--run-dir", tmp_path / "run", module="selib.train")]
+    script = Path(sys.executable).with_name("selib")      # the installed console script
+    outs = [subprocess.run([script, "train", config, "--run-dir", tmp_path / "run"], capture_output=True,
+                           text=True, cwd=REPO, env=ENV, timeout=300),
+            run_selib("train", config, "--run-dir", tmp_path / "run")]
     for out in outs:
         assert_one_line_error(out, str(config), "optim.lr = inf is not valid; must be a finite number")
     assert outs[0].stderr == outs[1].stderr and outs[0].stdout == outs[1].stdout
