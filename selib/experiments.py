@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from selib.files import write_csv, write_json
 from selib.runs import DONE, RunDir, run_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -410,36 +411,16 @@ def report(runs, out_dir: str | Path = "runs", metrics: list[str] | None = None,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(table, out_dir / "report.csv")
-    _write_csv(paired, out_dir / "report_paired.csv")
+    write_csv(out_dir / "report.csv", table, empty_header=("name",))
+    write_csv(out_dir / "report_paired.csv", paired, empty_header=("name",))
     bootstrap = {"scheme": "seeds and utterances resampled independently with replacement (crossed)",
                  "n_boot": n_boot, "seed": seed, "confidence": 0.95, "interval": "percentile"}
-    (out_dir / "report.json").write_text(json.dumps(
-        _json_safe({"runs": table, "paired": paired, "notes": notes, "failed": failed, "bootstrap": bootstrap}),
-        indent=1))
+    write_json(out_dir / "report.json",
+               {"runs": table, "paired": paired, "notes": notes, "failed": failed, "bootstrap": bootstrap})
     _write_markdown(table, paired, notes, failed, metric_names, out_dir / "report.md", n_boot)
     if table:
         _write_chart(table, metric_names, out_dir / "report.png")
     return table
-
-
-def _json_safe(value):
-    """NaN and infinities as null, so that report.json is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_csv(table: list[dict], path: Path) -> None:
-    fields = list(dict.fromkeys(k for r in table for k in r)) or ["name"]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(table)
 
 
 def _write_markdown(table, paired, notes, failed, metric_names, path: Path, n_boot: int) -> None:

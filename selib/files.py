@@ -1,10 +1,14 @@
-"""Writing files so that a crash, a kill or a full disk never leaves a half-written file under the real
-name (used for checkpoints and audio; lesson ``06_training_teacher_student`` explains why it matters
-for resuming)."""
+"""Writing files: atomically, so that a crash, a kill or a full disk never leaves a half-written file
+under the real name (used for checkpoints and audio; lesson ``06_training_teacher_student`` explains why
+it matters for resuming), and the one JSON and CSV writer of per-utterance scores and reports."""
 from __future__ import annotations
 
+import csv
+import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 
 def write_atomically(path: str | Path, data: bytes | memoryview) -> Path:
@@ -22,4 +26,38 @@ def write_atomically(path: str | Path, data: bytes | memoryview) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``null`` (nested dicts and lists too), so that the JSON
+    selib writes is strict JSON that any reader accepts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, value: Any, **dumps) -> Path:
+    """Write ``value`` as strict JSON (:func:`json_safe`, indent 1; ``dumps`` adds ``json.dumps``
+    options), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_safe(value), **{"indent": 1, **dumps}))
+    return path
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], empty_header: tuple[str, ...] = ("id",)) -> Path:
+    """Write ``rows`` as CSV with the union of their keys as the header, in first-seen order
+    (``empty_header`` when there are no rows), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(key for row in rows for key in row)) or list(empty_header)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
     return path

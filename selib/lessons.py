@@ -66,8 +66,8 @@ def course_teacher(family: str, teachers_dir: str | Path = TEACHERS_DIR, runs_di
     is in eval mode with gradients off.
     """
     from selib import train
+    from selib.checkpoints import load_checkpoint, load_model
     from selib.config import load
-    from selib.checkpoints import load_model
 
     shipped = Path(teachers_dir) / f"{family}-tiny-teacher.pt"
     if shipped.is_file():
@@ -87,9 +87,7 @@ def course_teacher(family: str, teachers_dir: str | Path = TEACHERS_DIR, runs_di
         note = "a stand-in for the course teacher"
     model, config = load_model(checkpoint)
     model.requires_grad_(False)
-    import torch
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint)
     print(f"teacher: {checkpoint} ({note}): {config.model.family} {config.model.preset}, "
           f"{model.n_params:,} parameters, {state['step']} training steps, "
           f"best validation SI-SDR {state['best']:.2f} dB")
@@ -110,8 +108,7 @@ def student_config(family: str, method: str = "none", weight: float = 1.0,
     (with ``overrides``), trained from scratch (``method="none"``) or distilled with ``method``,
     ``weight`` (λ) and ``options`` from the teacher in ``teacher_checkpoint``. Students of one family
     share everything but the KD settings, so a KD student and the scratch student are comparable."""
-    import torch
-
+    from selib.checkpoints import load_checkpoint
     from selib.config import load
 
     options = dict(options or {})
@@ -120,7 +117,7 @@ def student_config(family: str, method: str = "none", weight: float = 1.0,
     if method != "none":
         if teacher_checkpoint is None:
             raise ValueError(f"kd method {method!r} needs teacher_checkpoint (e.g. from course_teacher({family!r})).")
-        teacher_model = torch.load(teacher_checkpoint, map_location="cpu", weights_only=True)["config"]["model"]
+        teacher_model = load_checkpoint(teacher_checkpoint)["config"]["model"]
         settings.update({"kd.method": method, "kd.weight": weight, "kd.options": options,
                          "teacher": {"family": teacher_model["family"], "preset": teacher_model["preset"],
                                      "overrides": teacher_model["overrides"],
@@ -153,13 +150,13 @@ def train_scratch_and_kd(family: str, method: str, teacher_checkpoint: str | Pat
 
 def _tested(run_dir: Path, config) -> bool:
     """Whether the run's ``metrics.json`` is the test of its current ``best.pt`` with this config."""
-    import torch
+    from selib.checkpoints import load_checkpoint
 
     run = RunDir(run_dir)
     if not run.metrics.is_file():
         return False
     metrics = run.read_metrics()
-    best_step = torch.load(run.best, map_location="cpu", weights_only=True)["step"]
+    best_step = load_checkpoint(run.best)["step"]
     return metrics["config"] == config.to_dict() and metrics["checkpoint"]["step"] == best_step
 
 

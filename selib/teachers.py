@@ -22,6 +22,7 @@ from pathlib import Path
 from selib.runs import RunDir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_KEYS = ("model", "config", "epoch", "step", "best", "history")   # no optimiser state
 CONFIGS = REPO_ROOT / "configs" / "teachers"
 FOLDER = REPO_ROOT / "teachers"
 
@@ -65,7 +66,8 @@ def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | 
     returns the record. A finished run in ``runs_root`` is reused (delete it to train again)."""
     import torch
 
-    from selib import models, train
+    from selib import train
+    from selib.checkpoints import load_checkpoint, load_model, save_model_only
     from selib.config import ConfigError, load
     from selib.kd.cache import file_sha256
 
@@ -76,15 +78,11 @@ def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | 
                           "(kd.method: none, teacher: null).")
     run = RunDir.of(cfg, runs_root)
     train.run(cfg, run.path, test=False)     # resumes an interrupted run; a finished one trains no more
-    state = torch.load(run.best, map_location="cpu", weights_only=True)
-    model = models.build(cfg.model.family, cfg.model.preset, **cfg.model.overrides)
-    model.load_state_dict(state["model"])
-    model.eval()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = folder / f"{cfg.name}.pt"
-    torch.save({"model": state["model"], "config": state["config"], "epoch": state["epoch"],
-                "step": state["step"], "best": state["best"], "history": state["history"]}, checkpoint)
+    checkpoint = save_model_only(run.best, folder / f"{cfg.name}.pt", SHIPPED_KEYS)
+    state = load_checkpoint(checkpoint)
+    model, _ = load_model(checkpoint)
     valid = validation_dataset(cfg)
     total = train.si_sdr_total(model, valid, range(len(valid)), torch.device("cpu"))
     shown = config_path.resolve().relative_to(REPO_ROOT) if config_path.resolve().is_relative_to(REPO_ROOT) \
