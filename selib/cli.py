@@ -58,7 +58,9 @@ def cmd_train(args) -> None:
 
     cfg = config.load(args.config, _overrides(args.set))
     if args.dry_run:
-        p = train.dry_run(cfg)
+        from selib.profile import dry_run
+
+        p = dry_run(cfg)
         print(f"{p['device']}: {p['step_seconds']:.3f} s per training step (median of {p['steps_timed']} "
               f"after a warm-up step), peak memory {p['peak_memory_bytes'] / 2**30:.2f} GiB")
         print(f"projected: {p['epoch_seconds'] / 60:.1f} min per epoch ({p['batches_per_epoch']} batches), "
@@ -80,7 +82,7 @@ def _print_summary(summary: dict) -> None:
 def cmd_eval(args) -> None:
     from selib import data
     from selib.checkpoints import load_model
-    from selib.inference import enhance_and_score
+    from selib.evaluation import enhance_and_score
     from selib.metrics import validate_metrics
 
     if args.metrics:

@@ -162,10 +162,10 @@ def _tested(run_dir: Path, config) -> bool:
 
 def test_summary(model, config: Mapping[str, Any]) -> dict[str, dict]:
     """``model`` scored on the test utterances of a lesson ``config`` (its dataset, ``data.test_limit``
-    and ``eval.metrics``) with :func:`selib.inference.enhance_and_score`, as :meth:`selib.train.Trainer.test`
+    and ``eval.metrics``) with :func:`selib.evaluation.enhance_and_score`, as :meth:`selib.train.Trainer.test`
     scores a student: the ``summary`` of the evaluation. ``model=None`` scores the noisy input itself."""
     from selib import data, metrics
-    from selib.inference import enhance_and_score
+    from selib.evaluation import enhance_and_score
 
     spec, names, workers = config["data"], tuple(config["eval"]["metrics"]), config["eval"]["workers"]
     test = data.get_dataset(spec["name"], "test", root=spec["root"], limit=spec["test_limit"])

@@ -22,7 +22,6 @@ import warnings
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pesq import BufferTooShortError, NoUtterancesError

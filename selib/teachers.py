@@ -67,6 +67,7 @@ def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | 
     import torch
 
     from selib import train
+    from selib.evaluation import validation_score
     from selib.checkpoints import load_checkpoint, load_model, save_model_only
     from selib.config import ConfigError, load
     from selib.kd.cache import file_sha256
@@ -84,13 +85,13 @@ def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | 
     state = load_checkpoint(checkpoint)
     model, _ = load_model(checkpoint)
     valid = validation_dataset(cfg)
-    total = train.si_sdr_total(model, valid, range(len(valid)), torch.device("cpu"))
+    si_sdr, n_utterances = validation_score(model, valid)
     shown = config_path.resolve().relative_to(REPO_ROOT) if config_path.resolve().is_relative_to(REPO_ROOT) \
         else config_path
     record = {"name": cfg.name, "checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint),
               "config_path": str(shown), "command": f"selib teachers {shown}", "config": cfg.to_dict(),
               "params": model.n_params, "step": state["step"], "epoch": state["epoch"],
-              "valid": {"si_sdr": float(total[0] / total[1]), "n_utterances": int(total[1]),
+              "valid": {"si_sdr": si_sdr, "n_utterances": n_utterances,
                         "files_sha256": validation_files_sha256(valid)},
               "torch": torch.__version__}
     (folder / f"{cfg.name}.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -13,7 +13,8 @@ from torch import nn
 
 from selib.audio import AudioError
 from selib.data import load_manifest
-from selib.inference import ModelOutputError, enhance, enhance_and_score
+from selib.evaluation import enhance_and_score
+from selib.inference import ModelOutputError, enhance
 
 from bad_input import (assert_one_line_error, flip_byte, limit_file_size, run_selib,
                        write_checkpoint, write_corpus, write_speech_like)
