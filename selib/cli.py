@@ -148,23 +148,23 @@ def cmd_export(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from selib import experiments
+    from selib import runner
 
-    results = experiments.run_configs(args.configs, args.runs_root, args.seeds, _overrides(args.set),
+    results = runner.run_configs(args.configs, args.runs_root, args.seeds, _overrides(args.set),
                                       args.workers)
     if any(r["status"] == "failed" for r in results):
         raise SystemExit(1)
 
 
 def cmd_report(args) -> None:
-    from selib import experiments
+    from selib.report import report
 
-    experiments.report(args.runs, args.out)
+    report(args.runs, args.out)
     print(Path(args.out, "report.md").read_text())
 
 
 def cmd_teachers(args) -> None:
-    from selib import teachers
+    from selib.course import teachers
 
     configs = [Path(c) for c in args.configs] or sorted(teachers.CONFIGS.glob("*.yaml"))
     if not configs:
@@ -182,11 +182,11 @@ def cmd_profile(args) -> None:
 
 
 def cmd_quickstart(args) -> None:
-    from selib import experiments
-
     if args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: must be at least 1.")
-    experiments.quickstart(args.runs_root, args.seeds, args.data_root, results=args.results, jobs=args.jobs)
+    from selib.course.quickstart import quickstart
+
+    quickstart(args.runs_root, args.seeds, args.data_root, results=args.results, jobs=args.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:

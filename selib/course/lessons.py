@@ -94,7 +94,7 @@ def course_teacher(family: str, teachers_dir: str | Path = TEACHERS_DIR, runs_di
     return model, checkpoint
 
 
-def _run_name(family: str, method: str, weight: float, options: Mapping[str, Any]) -> str:
+def _lesson_name(family: str, method: str, weight: float, options: Mapping[str, Any]) -> str:
     """``<family>-scratch``, or ``<family>-<method>-w<weight>`` followed by the KD options."""
     if method == "none":
         return f"{family}-scratch"
@@ -112,7 +112,7 @@ def student_config(family: str, method: str = "none", weight: float = 1.0,
     from selib.config import load
 
     options = dict(options or {})
-    name = _run_name(family, method, weight, options)
+    name = _lesson_name(family, method, weight, options)
     settings = {**(overrides or {}), "name": f"lesson-{name}"}
     if method != "none":
         if teacher_checkpoint is None:
@@ -225,7 +225,7 @@ QUICKSTART_REPORT = Path("benchmarks/results/quickstart/report.json")   # commit
 
 def quickstart_report(path: str | Path = QUICKSTART_REPORT) -> dict:
     """The quick start's committed results (lesson ``11_results_and_deployment``): the ``report.json``
-    that :func:`selib.experiments.report` writes, with ``runs`` (one row per config: role, mean ± std
+    that :func:`selib.report.report` writes, with ``runs`` (one row per config: role, mean ± std
     over seeds, and for KD students the paired difference against the scratch student with its
     bootstrap interval), ``paired`` (per KD config, metric and test SNR), ``notes``, ``failed`` and
     ``bootstrap`` (how the intervals were drawn)."""
@@ -236,6 +236,6 @@ def quickstart_report(path: str | Path = QUICKSTART_REPORT) -> dict:
     report = json.loads(path.read_text())
     missing = [key for key in ("runs", "paired", "bootstrap") if key not in report]
     if missing:
-        raise ValueError(f"{path}: not a report of selib.experiments.report (no {', '.join(missing)}); "
+        raise ValueError(f"{path}: not a report of selib.report.report (no {', '.join(missing)}); "
                          "write it again with `selib report`.")
     return report

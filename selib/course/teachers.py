@@ -19,9 +19,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from selib.course import REPO_ROOT
 from selib.runs import RunDir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_KEYS = ("model", "config", "epoch", "step", "best", "history")   # no optimiser state
 CONFIGS = REPO_ROOT / "configs" / "teachers"
 FOLDER = REPO_ROOT / "teachers"
@@ -34,10 +34,12 @@ def _data_root(config) -> Path:
 
 
 def validation_dataset(config):
-    """The whole utterances of the config's validation split (``data.valid_limit`` of them)."""
-    from selib.data import get_dataset
+    """The whole utterances of the config's validation split (``data.valid_limit`` of them), its data
+    folder taken relative to the repository (:func:`selib.train.dataset`)."""
+    from selib.config import load
+    from selib.train import dataset
 
-    return get_dataset(config.data.name, "valid", root=_data_root(config), limit=config.data.valid_limit)
+    return dataset(load(config, {"data.root": str(_data_root(config))}), "valid")
 
 
 def validation_files_sha256(dataset) -> str | None:
