@@ -40,7 +40,7 @@ def cmd_data(args) -> None:
         if problems:
             raise SystemExit(1)
     elif args.action == "list":
-        from selib.data.download import describe
+        from selib.data.catalogue import describe
 
         print("embedded: the offline corpus (selib data build); built at "
               f"{args.root}: {'yes' if (Path(args.root) / 'manifest.json').is_file() else 'no'}")
