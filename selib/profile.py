@@ -183,3 +183,29 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {row['family']} | {row['preset']} | {row['params'] / 1e6:.3f} | "
                      f"{row['macs_per_second'] / 1e9:.3f} | {row['rtf']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def step_times(model: nn.Module, seconds_before: float = 0.0, warmup: int = 20, steps: int = 200) -> dict:
+    """What one streaming step costs on one thread: stream ``seconds_before`` of noise (a streamer whose
+    state grows, like the causal DPDCRN's, gets dearer), then ``warmup`` steps, then the median CPU time
+    of the thread and wall time over ``steps`` steps, in ms, with the streamer's ``hop`` and ``latency``
+    (samples). CPU time does not count waiting for a core on a shared machine."""
+    from selib.streaming import streamer
+
+    s = streamer(model)
+    skipped = int(seconds_before * model.sample_rate) // s.hop + warmup
+    blocks = 0.1 * torch.randn(skipped + steps, 1, s.hop, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cpu, wall = [], []
+    try:
+        with torch.inference_mode():
+            for block in blocks:
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                s.step(block)
+                cpu.append(time.thread_time() - start_cpu)
+                wall.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {"hop": s.hop, "latency": s.latency, "cpu_ms": 1e3 * statistics.median(cpu[skipped:]),
+            "wall_ms": 1e3 * statistics.median(wall[skipped:])}
