@@ -27,6 +27,7 @@ import torch
 from selib import models
 from selib.config import load
 from selib.data import build_embedded
+from selib.kd.balance import grad_norms
 from selib.train import Trainer
 
 VARIANTS = [("scratch", "none", False), ("logits-sisnr", "logits-sisnr", False), ("dfkd", "dfkd", False),
@@ -64,10 +65,10 @@ def _ratio_cost(cfg, run_dir: Path, repeats: int = 5) -> tuple[float, float]:
         step.append(time.perf_counter() - started)
     measure = []
     for _ in range(repeats):
-        with trainer._autocast():
+        with trainer.training_step.autocast():
             se, kd_loss, _ = trainer.training_step.losses(batch["noisy"], batch["clean"])
         started = time.perf_counter()
-        trainer._grad_norms(se, kd_loss)
+        grad_norms(se, kd_loss, [p for p in trainer.student.parameters() if p.requires_grad])
         measure.append(time.perf_counter() - started)
     return statistics.median(step), statistics.median(measure)
 

@@ -6,7 +6,7 @@ causal DPDCRN, whose attention over every past frame makes a step dearer the lon
 warm-up steps, then the median over 200 timed steps of ``step()`` on one block of ``hop`` samples, as CPU
 time of the (single) thread, which does not count the time the process waits for a core on a shared
 machine (wall time is reported too). Real-time when the compute per step is below the hop's duration.
-Method: ``selib.streaming.step_times``.
+Method: ``selib.profile.step_times``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import results_md
 import torch
 
 from selib.models import build
-from selib.streaming import step_times
+from selib.profile import step_times
 
 # (family, preset, overrides, seconds streamed before the timed steps)
 STUDENTS = [

@@ -223,7 +223,7 @@ class STFT(torch.nn.Module):
         """Width of one frequency bin in Hz."""
         return sample_rate / self.n_fft
 
-    def _pads(self, length: int) -> tuple[int, int]:
+    def pads(self, length: int) -> tuple[int, int]:
         tail = (-length) % self.hop_length
         if self.center:
             return 0, tail
@@ -234,13 +234,13 @@ class STFT(torch.nn.Module):
 
     def frames(self, length: int) -> int:
         """Number of frames ``forward`` returns for a signal of ``length`` samples."""
-        left, right = self._pads(length)
+        left, right = self.pads(length)
         padded = length + left + right
         if self.center:
             return 1 + (padded - self.n_fft % 2) // self.hop_length
         return 1 + max(0, padded - self.n_fft) // self.hop_length
 
-    def _frame_window(self, dtype: torch.dtype) -> torch.Tensor:
+    def frame_window(self, dtype: torch.dtype) -> torch.Tensor:
         """The window zero-padded to ``n_fft`` samples, centred in the frame as torch.stft does."""
         offset = (self.n_fft - self.win_length) // 2
         return torch.nn.functional.pad(self.window.to(dtype), (offset, self.n_fft - self.win_length - offset))
@@ -250,7 +250,7 @@ class STFT(torch.nn.Module):
         x = x.unsqueeze(0) if squeeze else x
         if x.dim() != 2:
             raise ValueError(f"STFT takes [T] or [B, T] waveforms, got shape {tuple(x.shape)}")
-        left, right = self._pads(x.shape[-1])
+        left, right = self.pads(x.shape[-1])
         if self.center:  # torch.stft's centring: half a frame of zeros at both ends
             left, right = left + self.n_fft // 2, right + self.n_fft // 2
         else:
@@ -259,14 +259,14 @@ class STFT(torch.nn.Module):
         x = torch.nn.functional.pad(x, (left, right))
         # torch.stft's own framing, written out as real tensors so that the complex spectrum is the
         # last step: ONNX export (lesson 11) handles complex tensors only as outputs of an FFT.
-        frames = x.unfold(-1, self.n_fft, self.hop_length) * self._frame_window(x.dtype)
+        frames = x.unfold(-1, self.n_fft, self.hop_length) * self.frame_window(x.dtype)
         spec = torch.fft.rfft(frames, dim=-1).transpose(1, 2)
         return spec[0] if squeeze else spec
 
     def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         squeeze = spec.dim() == 2
         spec = spec.unsqueeze(0) if squeeze else spec
-        left, right = self._pads(length)
+        left, right = self.pads(length)
         padded = length + left + right
         if self.center:  # the frames also cover half a frame before and after the padded signal
             left, padded = left + self.n_fft // 2, padded + 2 * (self.n_fft // 2)
@@ -279,7 +279,7 @@ class STFT(torch.nn.Module):
         """Windowed overlap-add with the squared-window envelope divided out (what torch.istft does,
         which rejects the zero-valued envelope of ``center=False`` padding and cannot be exported to
         ONNX); only padded samples have a zero envelope."""
-        window = self._frame_window(spec.real.dtype)
+        window = self.frame_window(spec.real.dtype)
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * window[:, None]
         n_frames = frames.shape[-1]
         fold = dict(output_size=(1, padded), kernel_size=(1, self.n_fft), stride=(1, self.hop_length))

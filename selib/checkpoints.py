@@ -43,12 +43,13 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
 SHIPPED_KEYS = ("model", "config", "step")   # what a model needs outside its run folder
 
 
-def save_model_only(source: str | Path, dest: str | Path) -> Path:
+def save_model_only(source: str | Path, dest: str | Path, keys: tuple[str, ...] = SHIPPED_KEYS) -> Path:
     """Copy the run checkpoint ``source`` to ``dest`` with only its weights, config and step (no
-    optimiser, scheduler or RNG state: a third of the size), for shipping a trained model with the
-    repository; :func:`load_model` reads it like the original (lesson ``11_results_and_deployment``)."""
+    optimiser, scheduler or RNG state: a third of the size; ``keys`` names what is kept), for shipping a
+    trained model with the repository; :func:`load_model` reads it like the original (lesson
+    ``11_results_and_deployment``)."""
     state = load_checkpoint(source)
-    return save_checkpoint({key: state[key] for key in SHIPPED_KEYS if key in state}, dest)
+    return save_checkpoint({key: state[key] for key in keys if key in state}, dest)
 
 
 def verify_checkpoint(path: str | Path, fix: str = DEFAULT_FIX) -> None:

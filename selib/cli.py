@@ -1,4 +1,4 @@
-"""The ``selib`` command line (also ``python -m selib``); ``selib COMMAND --help`` explains each command.
+"""The ``selib`` command line (also ``python -m selib``, and ``torchrun -m selib train`` for DDP); ``selib COMMAND --help`` explains each command.
 
 Mistakes in what the user passed (a bad audio file, a bad config, a missing dataset) are printed as
 one line on stderr and exit with status 2, without a traceback. Lesson ``11_results_and_deployment``
@@ -43,7 +43,7 @@ def cmd_data(args) -> None:
         if problems:
             raise SystemExit(1)
     elif args.action == "list":
-        from selib.data.download import describe
+        from selib.data.catalogue import describe
 
         for name in EMBEDDED:
             folder = Path(args.root or f"data/{name}")
@@ -63,14 +63,16 @@ def cmd_train(args) -> None:
 
     cfg = config.load(args.config, _overrides(args.set))
     if args.dry_run:
-        p = train.dry_run(cfg)
+        from selib.profile import dry_run
+
+        p = dry_run(cfg)
         print(f"{p['device']}: {p['step_seconds']:.3f} s per training step (median of {p['steps_timed']} "
               f"after a warm-up step), peak memory {p['peak_memory_bytes'] / 2**30:.2f} GiB")
         print(f"projected: {p['epoch_seconds'] / 60:.1f} min per epoch ({p['batches_per_epoch']} batches), "
               f"{p['run_seconds'] / 3600:.2f} h for the run ({p['total_steps']} steps, validation not "
               "included); nothing was trained or written")
         return
-    run_dir = Path(args.run_dir) if args.run_dir else cfg.run_dir()
+    run_dir = Path(args.run_dir) if args.run_dir else RunDir.of(cfg).path
     result = train.run(cfg, run_dir, test=not args.no_test)
     if result:
         _print_summary(result["summary"])
@@ -85,7 +87,7 @@ def _print_summary(summary: dict) -> None:
 def cmd_eval(args) -> None:
     from selib import data
     from selib.checkpoints import load_model
-    from selib.inference import enhance_and_score
+    from selib.evaluation import enhance_and_score
     from selib.metrics import validate_metrics
 
     if args.metrics:
@@ -151,23 +153,23 @@ def cmd_export(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from selib import experiments
+    from selib import runner
 
-    results = experiments.run_configs(args.configs, args.runs_root, args.seeds, _overrides(args.set),
+    results = runner.run_configs(args.configs, args.runs_root, args.seeds, _overrides(args.set),
                                       args.workers)
     if any(r["status"] == "failed" for r in results):
         raise SystemExit(1)
 
 
 def cmd_report(args) -> None:
-    from selib import experiments
+    from selib.report import report
 
-    experiments.report(args.runs, args.out)
+    report(args.runs, args.out)
     print(Path(args.out, "report.md").read_text())
 
 
 def cmd_teachers(args) -> None:
-    from selib import teachers
+    from selib.course import teachers
 
     configs = [Path(c) for c in args.configs] or sorted(teachers.CONFIGS.glob("*.yaml"))
     if not configs:
@@ -185,11 +187,11 @@ def cmd_profile(args) -> None:
 
 
 def cmd_quickstart(args) -> None:
-    from selib import experiments
-
     if args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: must be at least 1.")
-    experiments.quickstart(args.runs_root, args.seeds, args.data_root, results=args.results, jobs=args.jobs)
+    from selib.course.quickstart import quickstart
+
+    quickstart(args.runs_root, args.seeds, args.data_root, results=args.results, jobs=args.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:

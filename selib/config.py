@@ -8,14 +8,17 @@ checkpoint path. The result is a :class:`Config`: a nested dict with attribute a
 """
 from __future__ import annotations
 
+import ast
 import copy
-import importlib
+import functools
 import inspect
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
+
+from selib.constants import DATASETS, FAMILIES, KD_METHODS, LOSSES, METRICS
 
 # Beyond the docs/CONTRACTS.md schema: device; optim.step_size (epochs) and gamma for the step scheduler,
 # gamma (factor) and patience (epochs) for plateau (on validation SI-SDR); optim.checkpoint_every: steps
@@ -25,7 +28,7 @@ import yaml
 # (lambda set from gradient norms after balance_at steps; docs/kd.md, "Weights that mean the same ...").
 DEFAULTS: dict[str, Any] = {
     "name": None,            # run name; None -> "<family>-<preset>-<kd method>"
-    "role": None,            # teacher | student; None -> inferred by selib.experiments.report
+    "role": None,            # teacher | student; None -> inferred by the report
     "seed": 0,
     "device": "auto",        # auto (CUDA when available) | cpu | cuda
     "data": {"name": "embedded", "root": None, "segment_seconds": 2.0, "batch_size": 8,
@@ -79,12 +82,6 @@ class Config(dict):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         return path
-
-    def run_dir(self, root: str | Path = "runs") -> Path:
-        """The default run folder, ``<root>/<name>-s<seed>``."""
-        from selib.runs import run_name
-
-        return Path(root) / run_name(self.name, self.seed)
 
 
 def load(source: str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | Iterable[str] | None = None
@@ -216,38 +213,37 @@ def _mapping(value, cfg):
 
 
 def _metrics(value, cfg):
-    from selib.metrics import METRICS
     if isinstance(value, list) and value and all(m in METRICS for m in value):
         return None
     return f"must be a non-empty list drawn from: {', '.join(METRICS)}"
 
 
-def _families(cfg):
-    from selib.models import FAMILIES
-    return sorted(FAMILIES)
+@functools.lru_cache(maxsize=None)
+def model_signature(family: str) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """``(preset names, {constructor argument: default})`` of a model family, read from the source of
+    ``selib/models/<family>.py`` with ``ast`` (its ``PRESETS`` keys and the ``__init__`` of its
+    ``MODEL``), so that checking a config imports no torch; an argument without a default maps to
+    ``inspect.Parameter.empty``. Lesson ``03_dccrn`` shows a family's ``MODEL`` and ``PRESETS``."""
+    tree = ast.parse((Path(__file__).parent / "models" / f"{family}.py").read_text(encoding="utf-8"))
+    assigned = {node.targets[0].id: node.value for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    init = next(node for node in classes[assigned["MODEL"].id].body
+                if isinstance(node, ast.FunctionDef) and node.name == "__init__")
+    args = init.args
+    positional = args.posonlyargs + args.args
+    defaults = [inspect.Parameter.empty] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    pairs = list(zip(positional, defaults))[1:] + list(zip(args.kwonlyargs, args.kw_defaults))
+    params = {arg.arg: inspect.Parameter.empty if default in (None, inspect.Parameter.empty)
+              else ast.literal_eval(default) for arg, default in pairs}
+    return tuple(ast.literal_eval(key) for key in assigned["PRESETS"].keys), params
 
 
 def _presets(section: str):
     def choices(cfg):
-        from selib.models import FAMILIES, presets
         family = cfg[section]["family"]
-        return sorted(presets(family)) if family in FAMILIES else []
+        return sorted(model_signature(family)[0]) if family in FAMILIES else []
     return choices
-
-
-def _datasets(cfg):
-    from selib.constants import DATASETS
-    return list(DATASETS)
-
-
-def _se_losses(cfg):
-    from selib.losses import LOSSES
-    return list(LOSSES)
-
-
-def _kd_methods(cfg):
-    from selib.kd import METHODS
-    return list(METHODS)
 
 
 CHECKS: dict[str, Callable[[Any, dict], str | None]] = {
@@ -255,7 +251,7 @@ CHECKS: dict[str, Callable[[Any, dict], str | None]] = {
     "role": _choice([*ROLES, None]),
     "seed": _number(int, 0),
     "device": _choice(DEVICES),
-    "data.name": _choice(_datasets),
+    "data.name": _choice(DATASETS),
     "data.root": _string(optional=True),
     "data.segment_seconds": _number(float, 0, strict=True),
     "data.batch_size": _number(int, 1),
@@ -263,23 +259,23 @@ CHECKS: dict[str, Callable[[Any, dict], str | None]] = {
     "data.train_limit": _number(int, 1, optional=True),
     "data.valid_limit": _number(int, 1, optional=True),
     "data.test_limit": _number(int, 1, optional=True),
-    "model.family": _choice(_families),
+    "model.family": _choice(sorted(FAMILIES)),
     "model.preset": _choice(_presets("model")),
     "model.overrides": _mapping,
-    "teacher.family": _choice(_families),
+    "teacher.family": _choice(sorted(FAMILIES)),
     "teacher.preset": _choice(_presets("teacher")),
     "teacher.checkpoint": _string(),
     "teacher.overrides": _mapping,
     "teacher.cache": _boolean,
     "teacher.cache_dir": _string(optional=True),
-    "kd.method": _choice(_kd_methods),
+    "kd.method": _choice(KD_METHODS),
     "kd.weight": _number(float, 0),
     "kd.options": _mapping,
     "kd.balance": _choice(BALANCES),
     "kd.balance_batches": _number(int, 1),
     "kd.balance_ratio": _number(float, 0, strict=True),
     "kd.balance_at": _number(int, 0),
-    "loss.se": _choice(_se_losses),
+    "loss.se": _choice(LOSSES),
     "optim.name": _choice(OPTIMIZERS),
     "optim.lr": _number(float, 0, strict=True),
     "optim.weight_decay": _number(float, 0),
@@ -341,18 +337,16 @@ def _check_finite(value: Any, key: str, where: str) -> None:
 def _check_model_options(spec: Mapping[str, Any], section: str, where: str) -> None:
     """``<section>.overrides`` keys must be constructor arguments of the family's model, with values of
     the type of the argument's default (an int where an int is expected, a list for a tuple, ...)."""
-    from selib.models import FAMILIES
-
     overrides = spec["overrides"]
     _check_finite(overrides, f"{section}.overrides", where)
-    params = inspect.signature(importlib.import_module(FAMILIES[spec["family"]]).MODEL).parameters
+    params = model_signature(spec["family"])[1]
     valid = sorted(params)
     for key, value in overrides.items():
         full = f"{section}.overrides.{key}"
         if key not in params:
             raise ConfigError(f"{where}: unknown key {full!r} for a {spec['family']} model; valid keys: "
                               f"{', '.join(valid)}.")
-        problem = _option_type_problem(value, params[key].default)
+        problem = _option_type_problem(value, params[key])
         if problem:
             raise ConfigError(f"{where}: {full} = {value!r} is not valid; {problem}.")
 

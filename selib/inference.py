@@ -1,22 +1,14 @@
-"""Running a trained model on audio: files of any length in bounded memory, and whole datasets scored
-(lesson ``11_results_and_deployment``; ``Trainer.test``, ``selib enhance`` and ``selib eval`` use it).
+"""Running a trained model on audio: files of any length in bounded memory (lesson
+``11_results_and_deployment``; ``selib enhance`` and :mod:`selib.evaluation` use it).
 
 :func:`enhance` cuts a long waveform into overlapping chunks, runs the model on one chunk at a time
 and cross-fades the outputs (overlap-add with weights that sum to one), so memory depends on the chunk
 length, not on the file length. Each chunk keeps ``overlap / 4`` samples of context on each side out
 of its cross-fade, so a model whose receptive field reaches at most that far gives the output of one
 whole-file pass (to float rounding); recurrent models see their state restart at every chunk.
-
-:func:`enhance_and_score` enhances every item of a dataset and scores it with
-:func:`selib.metrics.evaluate`. Scores are of the model's float output as it is (no clipping to
-[-1, 1]; only a file written as 16-bit PCM is clipped). An item that cannot be read gets the status
-``unreadable`` and one whose enhanced audio holds NaN/Inf gets ``nonfinite_output``, each with its
-reason in its row, and the rest is scored.
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Sequence
 
 import torch
 
@@ -81,48 +73,3 @@ def enhance(model: torch.nn.Module, noisy: torch.Tensor, chunk_seconds: float = 
                                "model's weights are broken or it diverged: retrain it or use another "
                                "checkpoint.")
     return out
-
-
-def _item_id(dataset, index: int) -> str:
-    return dataset.item_id(index) if hasattr(dataset, "item_id") else f"item {index}"
-
-
-def enhance_and_score(model: torch.nn.Module, dataset, metrics: Sequence[str], workers: int | None = None,
-                      csv_path=None, json_path=None, progress: bool = False,
-                      chunk_seconds: float = CHUNK_SECONDS, overlap_seconds: float = OVERLAP_SECONDS
-                      ) -> tuple[Any, dict[str, float]]:
-    """Enhance every item ``{"id", "noisy", "clean"}`` of ``dataset`` with :func:`enhance` and score it;
-    returns the :class:`selib.metrics.EvalResult` and the timing (``enhance_seconds``,
-    ``audio_seconds``, ``eval_seconds``). Unreadable items and NaN outputs get a status, not an error."""
-    from tqdm.auto import tqdm
-
-    from selib.metrics import evaluate, validate_metrics
-
-    metrics = validate_metrics(metrics)
-    model.eval()
-    started = time.perf_counter()
-    items, audio_seconds = [], 0.0
-    for i in tqdm(range(len(dataset)), disable=not progress, desc="enhance", leave=False):
-        try:
-            item = dataset[i]
-        except Exception as err:   # a damaged file is one row, never the end of the evaluation
-            items.append({"id": _item_id(dataset, i), "status": "unreadable", "reason": _reason(err)})
-            continue
-        try:
-            estimate = enhance(model, item["noisy"], chunk_seconds, overlap_seconds)
-        except ModelOutputError as err:
-            items.append({"id": item["id"], "status": "nonfinite_output", "reason": str(err)})
-            continue
-        items.append((item["id"], estimate.numpy(), item["clean"].numpy()))
-        audio_seconds += len(estimate) / getattr(model, "sample_rate", SAMPLE_RATE)
-    enhance_seconds = time.perf_counter() - started
-    result = evaluate(items, metrics=metrics, workers=workers, csv_path=csv_path, json_path=json_path)
-    return result, {"enhance_seconds": enhance_seconds, "audio_seconds": audio_seconds,
-                    "eval_seconds": time.perf_counter() - started - enhance_seconds}
-
-
-def _reason(err: Exception) -> str:
-    from selib.audio import AudioError
-
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return text if isinstance(err, AudioError) else f"{type(err).__name__}: {text}"

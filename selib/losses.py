@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from selib.audio import STFT
+from selib.constants import LOSSES
 from selib.metrics import si_sdr_torch
 
-LOSSES = ("sisnr", "sisnr-nozm", "spec-mse", "spec-mae")
 
 
 def neg_si_snr(est: torch.Tensor, ref: torch.Tensor, zero_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:

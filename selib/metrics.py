@@ -16,15 +16,12 @@ A signal a metric cannot score raises :class:`MetricError`, whose ``status`` is 
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import warnings
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pesq import BufferTooShortError, NoUtterancesError
@@ -33,9 +30,9 @@ import pystoi
 import torch
 from scipy import stats as _stats
 
-from selib.constants import SAMPLE_RATE
-METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "si_snr", "csig", "cbak", "covl",
-           "ssnr", "llr", "wss")
+from selib.constants import METRICS, SAMPLE_RATE
+from selib.files import write_csv, write_json
+
 DEFAULT_METRICS = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "csig", "cbak", "covl", "ssnr")
 STATUSES = ("ok", "too_short", "silent_reference", "no_utterance", "too_few_frames", "length_mismatch",
             "nonfinite_input", "wrong_rate", "unreadable", "nonfinite_output", "error")
@@ -452,16 +449,6 @@ def _summary(rows: list[dict], metrics: tuple) -> dict[str, dict]:
     return summary
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 @dataclass
 class EvalResult:
     """Output of :func:`evaluate`: ``rows`` (one dict per utterance, in input order, with ``<metric>``,
@@ -518,13 +505,7 @@ def evaluate(items, metrics=DEFAULT_METRICS, workers: int | None = None, csv_pat
             rows = list(pool.map(_score, tasks))   # one utterance per task: the cores finish together
     result = EvalResult(metrics, rows, _summary(rows, metrics))
     if csv_path is not None:
-        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(csv_path, rows)
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"metrics": list(metrics), "summary": result.summary, "rows": rows}
-        Path(json_path).write_text(json.dumps(_json_safe(payload), indent=1))
+        write_json(json_path, {"metrics": list(metrics), "summary": result.summary, "rows": rows})
     return result

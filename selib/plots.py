@@ -129,7 +129,7 @@ def training_curves(history, keys=None, x: str = "epoch", ax=None, title: str | 
 
 def result_chart(table, metric: str, ax=None, label: str = "name", paired: bool = False):
     """Bar chart of one metric over runs (lesson ``11_results_and_deployment``). ``table`` is the list
-    of rows :func:`selib.experiments.report` returns.
+    of rows :func:`selib.report.report` returns.
 
     By default the bars are each run's mean over seeds (``<metric>_mean``) with the spread over seeds
     (``<metric>_std``) as error bars. With ``paired`` they are the KD students' mean paired difference

@@ -1,4 +1,5 @@
-"""How big and how fast a model is: parameters, MACs per second of audio, real-time factor.
+"""How big and how fast a model is: parameters, MACs per second of audio, real-time factor, and how
+long a training step takes (:func:`dry_run`, ``selib train --dry-run``).
 
 Lessons ``03_dccrn`` (how MACs are counted; exercise 3.1 checks it by hand), ``04``/``05`` (the preset
 table) and ``11_results_and_deployment`` (and the teacher/student sizes of ``06_training_teacher_student``).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -93,15 +95,8 @@ def profile_model(model: nn.Module, seconds: float = 1.0, runs: int = 3) -> dict
     model.eval()
     try:
         macs = count_macs(model, wav)
-        times = []
         with torch.inference_mode():
-            for i in range(runs + 1):
-                start = time.perf_counter()
-                model(wav)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i:  # the first run warms up
-                    times.append(time.perf_counter() - start)
+            times = time_steps(lambda: model(wav), runs, device)
     finally:
         model.train(was_training)
     return {
@@ -109,6 +104,54 @@ def profile_model(model: nn.Module, seconds: float = 1.0, runs: int = 3) -> dict
         "macs_per_second": macs / duration,
         "rtf": statistics.median(times) / duration,
     }
+
+
+def time_steps(step: Callable[[], Any], runs: int, device: torch.device) -> list[float]:
+    """Wall times of ``runs`` calls of ``step`` after one warm-up call (CUDA work waited for): the one
+    timing loop of the real-time factor and of :func:`dry_run`."""
+    times = []
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first call warms up
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def dry_run(config, steps: int = 3) -> dict[str, Any]:
+    """Time ``steps`` training steps (after one warm-up step) on the present device and project the
+    time per epoch and for the whole run, without training or writing anything: the trainer works
+    in a temporary folder that is deleted. A batch that does not fit in GPU memory is a
+    :class:`ConfigError` naming ``data.batch_size`` (what ``selib train --dry-run`` prints; lesson
+    ``06_training_teacher_student``)."""
+    import math
+    import resource
+    import tempfile
+    from itertools import islice
+
+    from selib.config import ConfigError
+    from selib.train import Trainer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(config, scratch)
+        device = trainer.device
+        runs = min(steps, trainer.n_batches - 1)
+        batches = iter(list(islice(trainer._loader(trainer.epoch, start=trainer.batch), runs + 1)))
+        try:      # the batches are loaded before the timing starts
+            times = time_steps(lambda: trainer._train_step(next(batches)), runs, device)
+        except torch.OutOfMemoryError as err:
+            raise ConfigError(f"data.batch_size = {trainer.cfg.data.batch_size} does not fit in the memory "
+                              f"of {device}; lower data.batch_size or train on a larger device.") from err
+        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        trainer.close()
+    step = statistics.median(times or [math.nan])
+    return {"device": str(device), "step_seconds": step, "steps_timed": len(times),
+            "batches_per_epoch": trainer.n_batches, "epoch_seconds": step * trainer.n_batches,
+            "total_steps": trainer.total_steps, "run_seconds": step * trainer.total_steps,
+            "peak_memory_bytes": peak}
 
 
 def profile_table(families=None, presets=None, seconds: float = 1.0, runs: int = 3) -> list[dict]:
@@ -140,3 +183,29 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {row['family']} | {row['preset']} | {row['params'] / 1e6:.3f} | "
                      f"{row['macs_per_second'] / 1e9:.3f} | {row['rtf']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def step_times(model: nn.Module, seconds_before: float = 0.0, warmup: int = 20, steps: int = 200) -> dict:
+    """What one streaming step costs on one thread: stream ``seconds_before`` of noise (a streamer whose
+    state grows, like the causal DPDCRN's, gets dearer), then ``warmup`` steps, then the median CPU time
+    of the thread and wall time over ``steps`` steps, in ms, with the streamer's ``hop`` and ``latency``
+    (samples). CPU time does not count waiting for a core on a shared machine."""
+    from selib.streaming import streamer
+
+    s = streamer(model)
+    skipped = int(seconds_before * model.sample_rate) // s.hop + warmup
+    blocks = 0.1 * torch.randn(skipped + steps, 1, s.hop, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cpu, wall = [], []
+    try:
+        with torch.inference_mode():
+            for block in blocks:
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                s.step(block)
+                cpu.append(time.thread_time() - start_cpu)
+                wall.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {"hop": s.hop, "latency": s.latency, "cpu_ms": 1e3 * statistics.median(cpu[skipped:]),
+            "wall_ms": 1e3 * statistics.median(wall[skipped:])}

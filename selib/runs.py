@@ -9,6 +9,7 @@ in-process run that fails ``error.log``; a failed run of either kind leaves ``FA
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,11 @@ class RunDir:
         if self.failed.is_file():
             return self.failed.read_text().splitlines()[0].removeprefix("reason: ")
         return f"unfinished (no {self.metrics.name})"
+
+    def log_line(self, message: str) -> None:
+        """Append ``message`` to ``train.log``, after the date and time."""
+        with open(self.log, "a") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def read_config(self):
         """The run's ``config.yaml`` through :func:`selib.config.load` (defaults filled in)."""

@@ -15,7 +15,8 @@ from torch import nn
 
 from selib.audio import AudioError
 from selib.data import load_manifest
-from selib.inference import ModelOutputError, enhance, enhance_and_score
+from selib.evaluation import enhance_and_score
+from selib.inference import ModelOutputError, enhance
 
 from bad_input import (NOT_FILES, assert_one_line_error, flip_byte, limit_file_size, not_a_file, run_selib,
                        write_checkpoint, write_corpus, write_speech_like)

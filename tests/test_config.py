@@ -8,6 +8,7 @@ import yaml
 
 from selib import kd, losses, metrics, models
 from selib.config import DEFAULTS, Config, ConfigError, load
+from selib.runs import RunDir
 
 TEACHER = {"family": "convtasnet", "preset": "tiny-teacher", "checkpoint": "runs/ctn-teacher-s{seed}/best.pt"}
 
@@ -24,7 +25,7 @@ def test_defaults_fill_every_key_and_name_the_run():
     expected["name"] = "dccrn-tiny-student-none"
     assert cfg.to_dict() == expected
     assert cfg.optim.lr == 1e-3 and cfg.data.batch_size == 8 and cfg.teacher is None
-    assert cfg.run_dir("runs").as_posix() == "runs/dccrn-tiny-student-none-s0"
+    assert RunDir.of(cfg, "runs").path.as_posix() == "runs/dccrn-tiny-student-none-s0"
 
 
 def test_yaml_file_and_dotted_overrides(tmp_path):

@@ -35,7 +35,7 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                             "2", str(HELPER), str(config), str(tmp_path / "ddp"), "--dump-params"],
                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    single = subprocess.run([sys.executable, "-m", "selib.train", str(config), "--run-dir",
+    single = subprocess.run([sys.executable, "-m", "selib", "train", str(config), "--run-dir",
                              str(tmp_path / "single")], env=ENV, capture_output=True, text=True, timeout=300)
     out = ddp.communicate(timeout=300)[0]
     assert ddp.returncode == 0, out
@@ -57,6 +57,6 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     for a, b in zip(last["history"], one_state["history"], strict=True):
         assert a["valid_si_sdr"] == pytest.approx(b["valid_si_sdr"], abs=1e-4)
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
-    # The single run went through `python -m selib.train` end to end, test split included.
+    # The single run went through `python -m selib train` end to end, test split included.
     metrics = json.loads((tmp_path / "single" / "metrics.json").read_text())
     assert metrics["summary"]["si_sdr"]["n_ok"] == 2 and metrics["config"] == load(config).to_dict()

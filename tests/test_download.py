@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 
 from selib.audio import load
-from selib.data.download import DATASETS, Archive, Dataset, DownloadError, describe, download
+from selib.data.catalogue import CATALOGUE, Archive, Dataset, describe
+from selib.data.download import DownloadError, download
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -211,13 +212,13 @@ def test_registry_names_and_manual_recipe(tmp_path):
     assert str(tmp_path / "dns2020") in str(err.value)
     assert not (tmp_path / "dns2020").exists()  # nothing was attempted
     text = "\n".join(describe())
-    for name in DATASETS:
+    for name in CATALOGUE:
         assert text.count(f"{name}: ") == 1
     assert "clean_testset_wav.zip ≈147 MB, checked by md5 (third-party, unverified)" in text
-    assert DATASETS["voicebank-test"].folder == "voicebank"  # the test zips are not fetched twice
-    assert set(DATASETS["voicebank-test"].archives) < set(DATASETS["voicebank"].archives)
+    assert CATALOGUE["voicebank-test"].folder == "voicebank"  # the test zips are not fetched twice
+    assert set(CATALOGUE["voicebank-test"].archives) < set(CATALOGUE["voicebank"].archives)
     # the full VB set is the 28-speaker training zips plus the test zips (docs/datasets.md sizes: ≈5.2 GB)
-    assert DATASETS["voicebank"].approx_bytes == 2300e6 + 2600e6 + 147e6 + 163e6
+    assert CATALOGUE["voicebank"].approx_bytes == 2300e6 + 2600e6 + 147e6 + 163e6
 
 
 def _tar_with(kind: str, wavs) -> bytes:

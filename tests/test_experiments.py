@@ -11,7 +11,9 @@ import pytest
 import torch
 import yaml
 
-from selib import checkpoints, data, experiments, models, plots
+from selib import checkpoints, data, models, plots, runner
+from selib.course import quickstart
+from selib.report import report, run_roles
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = REPO / "configs/smoke/dccrn-tiny-teacher.yaml"
@@ -27,7 +29,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("exp")
     corpus = data.build_embedded(root / "embedded", seed=0, **SMALL)
     runs_root = root / "runs"
-    results = experiments.run_configs([STUDENT, TEACHER], runs_root, seeds=(0, 1),
+    results = runner.run_configs([STUDENT, TEACHER], runs_root, seeds=(0, 1),
                                       overrides={"data.root": str(corpus)})
     return runs_root, results
 
@@ -76,7 +78,7 @@ def test_finished_runs_are_skipped_and_failed_ones_retried(runs):
     runs_root, _ = runs
     corpus = runs_root.parent / "embedded"
     before = (runs_root / "smoke-dccrn-tiny-teacher-s0" / "metrics.json").stat().st_mtime_ns
-    again = experiments.run_configs([TEACHER, STUDENT], runs_root, seeds=(0,),
+    again = runner.run_configs([TEACHER, STUDENT], runs_root, seeds=(0,),
                                     overrides={"data.root": str(corpus), "optim.max_steps": 1})
     assert [r["status"] for r in again] == ["skipped", "done"]   # the teacher now exists
     assert (runs_root / "smoke-dccrn-tiny-teacher-s0" / "metrics.json").stat().st_mtime_ns == before
@@ -85,7 +87,7 @@ def test_finished_runs_are_skipped_and_failed_ones_retried(runs):
 
 def test_report_from_run_folders(runs, tmp_path):
     runs_root, _ = runs
-    table = experiments.report(runs_root, tmp_path)
+    table = report(runs_root, tmp_path)
     teacher = next(r for r in table if r["name"] == "smoke-dccrn-tiny-teacher")
     assert teacher["seeds"] == 2 and teacher["kd"] == "none" and teacher["role"] == "teacher"
     assert teacher["params"] == sum(p.numel() for p in models.build("dccrn", "tiny-teacher").parameters())
@@ -111,7 +113,7 @@ def test_in_process_runs_leave_the_files_papermill_runs_leave(runs):
     runs_root, _ = runs
     other = runs_root.parent / "in-process"
     overrides = {"data.root": str(runs_root.parent / "embedded")}
-    results = [experiments.run_one(config, 1, other, overrides, via="process") for config in (STUDENT, TEACHER)]
+    results = [runner.run_one(config, 1, other, overrides, via="process") for config in (STUDENT, TEACHER)]
     assert [r["status"] for r in results] == ["failed", "done"]
     papermill_only = {"params.yaml", "train.ipynb", "papermill.log"}
     for name in ("smoke-dccrn-tiny-teacher-s1", "smoke-dccrn-tiny-dfkd-s1"):
@@ -121,7 +123,7 @@ def test_in_process_runs_leave_the_files_papermill_runs_leave(runs):
     failed = (other / "smoke-dccrn-tiny-dfkd-s1" / "FAILED").read_text()
     assert failed.startswith("reason: FileNotFoundError: teacher checkpoint")
     assert "Traceback" in Path(failed.split("log: ")[1].splitlines()[0]).read_text()
-    again = experiments.run_one(TEACHER, 1, other, overrides, via="process")
+    again = runner.run_one(TEACHER, 1, other, overrides, via="process")
     assert again["status"] == "skipped"
 
 
@@ -134,9 +136,9 @@ def test_roles_are_inferred_from_teacher_pointers_without_role_keys(tmp_path):
     teacher = load(TEACHER, {"name": "big", "role": None})
     scratch = load(TEACHER, {"name": "small", "role": None, "model.preset": "tiny-student"})
     kd = load(STUDENT, {"name": "small-kd", "teacher.checkpoint": str(teacher_dir / "best.pt")})
-    roles = experiments.run_roles({kd_dir: kd, scratch_dir: scratch, teacher_dir: teacher})
+    roles = run_roles({kd_dir: kd, scratch_dir: scratch, teacher_dir: teacher})
     assert roles == {teacher_dir: "teacher", scratch_dir: "scratch", kd_dir: "kd"}
-    assert experiments.run_roles({teacher_dir: teacher, scratch_dir: scratch})[teacher_dir] == "scratch"
+    assert run_roles({teacher_dir: teacher, scratch_dir: scratch})[teacher_dir] == "scratch"
 
 
 def test_plots_draw_on_given_axes():
@@ -163,7 +165,7 @@ def test_plots_draw_on_given_axes():
 
 
 def test_quickstart_scores_the_shipped_teacher_and_pairs_each_kd_student_with_its_scratch_seed(tmp_path):
-    from selib import teachers
+    from selib.course import teachers
 
     corpus = data.build_embedded(tmp_path / "embedded", n_train=4, n_valid=2, n_test=3, workers=1, verbose=False)
     small = {"device": "cpu", "data": {"root": str(corpus), "segment_seconds": 0.5, "batch_size": 2,
@@ -184,7 +186,7 @@ def test_quickstart_scores_the_shipped_teacher_and_pairs_each_kd_student_with_it
         "teacher": {"family": "dccrn", "preset": "tiny-teacher", "cache": True,
                     "checkpoint": str(shipped / "tiny-teacher.pt")}}))
     runs_root, results = tmp_path / "runs", tmp_path / "results"
-    experiments.quickstart(runs_root, seeds=(0, 1), data_root=corpus, configs_dir=course, results=results, jobs=2)
+    quickstart.quickstart(runs_root, seeds=(0, 1), data_root=corpus, configs_dir=course, results=results, jobs=2)
 
     # The shipped teacher is scored, not trained again; every student trained for both seeds.
     assert (runs_root / "tiny-teacher-s0" / "metrics.json").is_file()
@@ -212,8 +214,8 @@ def test_quickstart_scores_the_shipped_teacher_and_pairs_each_kd_student_with_it
 
 
 def test_quickstart_plan_keeps_the_costliest_runs_and_the_runs_sharing_a_teacher_cache_apart():
-    course = sorted(experiments.COURSE_CONFIGS.glob("*.yaml"))
-    students, checkpoints = experiments._plan((course, (0, 1, 2), {}))
+    course = sorted(quickstart.COURSE_CONFIGS.glob("*.yaml"))
+    students, checkpoints = quickstart._plan((course, (0, 1, 2), {}))
     order = [(cfg["name"], cfg["seed"]) for cfg in students]
     assert sorted(order) == sorted((path.stem, seed) for path in course for seed in (0, 1, 2))
     i2s = [i for i, (name, _) in enumerate(order) if name == "dpdcrn-tiny-i2s"]

@@ -1,4 +1,4 @@
-"""The lesson helpers (selib.lessons): set-up, the course teacher or its stand-in, and the scratch/KD pair,
+"""The lesson helpers (selib.course.lessons): set-up, the course teacher or its stand-in, and the scratch/KD pair,
 with real small training runs on a tiny embedded corpus."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from selib import data, lessons, models, train
+from selib import data, models, train
+from selib.course import lessons
 from selib.config import load
 import reference  # tests/helpers: independent numpy references
 

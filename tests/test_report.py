@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selib import experiments
+from selib.report import report
 from selib.config import load
 
 SEEDS, UTTERANCES, SNRS = (0, 1, 2), [f"test_{i:04d}" for i in range(12)], (-5.0, 5.0, 15.0)
@@ -77,7 +77,7 @@ def runs(tmp_path_factory):
     (failed / "params.yaml").write_text("seed: 0\n")
     (failed / "FAILED").write_text("reason: FileNotFoundError: teacher checkpoint missing\nlog: x\n")
     out = root / "out"
-    table = experiments.report(runs_root, out, n_boot=2000)
+    table = report(runs_root, out, n_boot=2000)
     return table, scores, out
 
 
@@ -147,7 +147,7 @@ def test_an_explicit_role_wins_and_an_ambiguous_scratch_is_not_paired(tmp_path):
     _write_run(tmp_path / "runs", {"name": "kd", "data": data, "kd": {"method": "dfkd"},
                                    "teacher": {"family": "dccrn", "preset": "tiny-teacher",
                                                "checkpoint": "elsewhere/best.pt"}}, 0, values, 10)
-    table = experiments.report(tmp_path / "runs", tmp_path / "out", n_boot=100)
+    table = report(tmp_path / "runs", tmp_path / "out", n_boot=100)
     assert {r["name"]: r["role"] for r in table} == {"lead": "teacher", "one": "scratch", "two": "scratch",
                                                     "kd": "kd"}
     assert "kd: several scratch students" in (tmp_path / "out" / "report.md").read_text()

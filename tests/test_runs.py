@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from selib.config import load
-from selib.runs import RunDir
+from selib.runs import RunDir, run_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_run_folder_is_named_after_config_and_seed(tmp_path):
     cfg = load(REPO / "configs/smoke/dccrn-tiny-teacher.yaml", {"seed": 3})
     assert RunDir.of(cfg, tmp_path).path == tmp_path / "smoke-dccrn-tiny-teacher-s3"
-    assert cfg.run_dir(tmp_path) == RunDir.of(cfg, tmp_path).path
+    assert RunDir.of(cfg, tmp_path).name == run_name(cfg.name, cfg.seed)     # the one naming rule
 
 
 def test_status_follows_the_files_and_a_retry_clears_the_failure(tmp_path):

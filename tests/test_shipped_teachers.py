@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from selib import models, teachers
+from selib import models
+from selib.course import teachers
 from selib.data import build_embedded, get_dataset
 import reference  # tests/helpers: independent numpy references
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from selib.models import build
-from selib.streaming import step_times, stream, streamer
+from selib.profile import step_times
+from selib.streaming import stream, streamer
 
 # Every causal student: DCCRN presets, and DPDCRN and Conv-TasNet (cLN) built causal at student width.
 CAUSAL_STUDENTS = [

@@ -17,7 +17,8 @@ import torch
 from selib import models
 from selib.config import load
 from selib.data import build_embedded, get_dataset
-from selib.train import EpochBatches, Trainer, TrainingDiverged, main, progress_enabled, run
+from selib.cli import main
+from selib.train import EpochBatches, Trainer, TrainingDiverged, progress_enabled, run
 
 from runner import synthetic
 import reference  # tests/helpers: independent numpy references
@@ -155,7 +156,7 @@ def test_schedulers_follow_their_formulas(tmp_path, scheduler, lrs):
 def test_command_line_reports_config_errors_without_a_traceback(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: {scheduler: cosin}\n")
-    assert main([str(bad), "--run-dir", str(tmp_path / "run")]) == 2     # the exit code of selib train
+    assert main(["train", str(bad), "--run-dir", str(tmp_path / "run")]) == 2     # the exit code of selib train
     err = capsys.readouterr().err
     assert err.startswith(f"selib train: error: {bad}: optim.scheduler = 'cosin' is not valid") and "plateau" in err
 

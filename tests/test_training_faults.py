@@ -1,9 +1,11 @@
 """Training faults on disk: a truncated or damaged last.pt on resume, untrusted or mismatched teacher
-checkpoints, and the one training command line (``selib train`` = ``python -m selib.train``)."""
+checkpoints, and the one training command line (``selib train`` = ``python -m selib train``)."""
 from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from selib.config import load
 from selib.data import load_manifest
 from selib.train import Trainer
 
-from bad_input import assert_one_line_error, flip_byte, run_selib, write_checkpoint, write_corpus
+from bad_input import ENV, REPO, assert_one_line_error, flip_byte, run_selib, write_checkpoint, write_corpus
 from runner import synthetic
 
 BASE = {"seed": 0, "data": {"segment_seconds": 0.25, "batch_size": 4},
@@ -111,8 +113,10 @@ def test_selib_train_scores_the_test_split_past_a_damaged_file(tmp_path, workers
 def test_selib_train_and_python_m_selib_train_behave_identically(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("optim: {lr: .inf}\n")
-    outs = [run_selib("train", config, "--run-dir", tmp_path / "run"),
-            run_selib(config, "--run-dir", tmp_path / "run", module="selib.train")]
+    script = Path(sys.executable).with_name("selib")      # the installed console script
+    outs = [subprocess.run([script, "train", config, "--run-dir", tmp_path / "run"], capture_output=True,
+                           text=True, cwd=REPO, env=ENV, timeout=300),
+            run_selib("train", config, "--run-dir", tmp_path / "run")]
     for out in outs:
         assert_one_line_error(out, str(config), "optim.lr = inf is not valid; must be a finite number")
     assert outs[0].stderr == outs[1].stderr and outs[0].stdout == outs[1].stdout

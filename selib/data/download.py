@@ -1,9 +1,9 @@
 """Public benchmark archives and a resumable, verified downloader (lesson ``00_data_and_listening``).
 
-``DATASETS`` lists what selib knows how to fetch; ``download(name, dest)`` fetches every archive of an
-entry over HTTP with resume (a ``.part`` file and an HTTP ``Range`` request), verifies it (SHA-256 when
-known, else the third-party MD5, plus the size the server announced, plus the archive's own CRCs) and
-only then unpacks it. A corrupted archive is moved aside as ``<name>.corrupt`` and nothing is unpacked.
+:data:`selib.data.catalogue.CATALOGUE` lists what selib knows how to fetch; ``download(name, dest)``
+fetches every archive of an entry over HTTP with resume (a ``.part`` file and an HTTP ``Range``
+request), verifies it (SHA-256 when known, else the third-party MD5, plus the size the server
+announced, plus the archive's own CRCs) and only then unpacks it. A corrupted archive is moved aside as ``<name>.corrupt`` and nothing is unpacked.
 DNS2020 has no plain archive (its audio lives in Git LFS): its entry carries the recipe instead.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-GB, MB = 1000 ** 3, 1000 ** 2
+from selib.data.catalogue import CATALOGUE, Archive, Dataset, size_text
+
 _CHUNK = 1 << 20
 
 
@@ -32,113 +32,13 @@ class DownloadError(RuntimeError):
     """A download that failed or could not be verified; the message names the file and the fix."""
 
 
-@dataclass(frozen=True)
-class Archive:
-    """One downloadable file. ``approx_bytes`` is for display and the disk-space check only;
-    ``md5`` is a third-party sum (unverified by selib); ``sha256`` is set once someone has checked it."""
-
-    filename: str
-    url: str
-    approx_bytes: int | None = None
-    md5: str | None = None
-    sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A registry entry: the archives unpacked into ``dest/<folder or name>/``, or a ``recipe`` for a
-    manual fetch. Entries sharing a folder share their archives (each is fetched once)."""
-
-    name: str
-    description: str
-    licence: str
-    landing: str
-    archives: tuple[Archive, ...] = ()
-    recipe: str | None = None
-    folder: str | None = None
-
-    @property
-    def approx_bytes(self) -> int | None:
-        sizes = [a.approx_bytes for a in self.archives]
-        return sum(sizes) if sizes and None not in sizes else None
-
-
-_VB_URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/2791/{}?sequence={}&isAllowed=y"
-_VB_LANDING = "https://datashare.ed.ac.uk/handle/10283/2791 (DOI 10.7488/ds/2117)"
-_VB_TEST = (
-    Archive("clean_testset_wav.zip", _VB_URL.format("clean_testset_wav.zip", 1), 147 * MB,
-            md5="34eb1c0ba7ef667e9b966866c542fc16"),
-    Archive("noisy_testset_wav.zip", _VB_URL.format("noisy_testset_wav.zip", 5), 163 * MB,
-            md5="fb1b86caa31e8ba5b506c0c64da9aab5"),
-)
-_VB_TRAIN = (
-    Archive("clean_trainset_28spk_wav.zip", _VB_URL.format("clean_trainset_28spk_wav.zip", 2),
-            2300 * MB, md5="d2d5a45ec32f8fcbf201bde0447e20ba"),
-    Archive("noisy_trainset_28spk_wav.zip", _VB_URL.format("noisy_trainset_28spk_wav.zip", 6),
-            2600 * MB, md5="1fca9e8bafb8cd069f6653c6d92f9e9c"),
-)
-
-_DNS_RECIPE = """\
-DNS Challenge 2020 has no plain archive: its audio is stored in Git LFS on the
-interspeech2020/master branch of microsoft/DNS-Challenge (a clone without LFS holds only pointers,
-and the 5.4 MB blob archive holds pointers too). Fetch the synthetic test set (about 200 MB) with
-git and git-lfs:
-
-  GIT_LFS_SKIP_SMUDGE=1 git clone --depth 1 --single-branch --branch interspeech2020/master \\
-      https://github.com/microsoft/DNS-Challenge.git {root}
-  cd {root}
-  git lfs install --local
-  git lfs pull --include "datasets/test_set/synthetic/**"
-
-The pairs are then in {root}/datasets/test_set/synthetic/{{no_reverb,with_reverb}}/{{clean,noisy}}/
-(paired by the trailing fileid_<N>). For training data also pull "datasets/clean/**" (64.8 GB) and
-"datasets/noise/**" (20.9 GB); LFS is slow and quota-limited (users report about 70 hours for
-everything)."""
-
-DATASETS: dict[str, Dataset] = {d.name: d for d in (
-    Dataset("voicebank-test",
-            "VoiceBank+DEMAND test set: 824 clean/noisy pairs, speakers p232 and p257, 48 kHz WAV",
-            "CC BY 4.0 (DEMAND noise: CC BY-SA 3.0)", _VB_LANDING, _VB_TEST, folder="voicebank"),
-    Dataset("voicebank",
-            "VoiceBank+DEMAND, 28-speaker training set (11572 pairs) and test set (824 pairs), "
-            "48 kHz WAV",
-            "CC BY 4.0 (DEMAND noise: CC BY-SA 3.0)", _VB_LANDING, _VB_TRAIN + _VB_TEST),
-    Dataset("dns2020",
-            "DNS Challenge 2020 (Interspeech): synthetic test set of 150 + 150 pairs at 16 kHz; "
-            "500 h of training speech and noise",
-            "CC BY 4.0 (content), MIT (code)",
-            "https://github.com/microsoft/DNS-Challenge/tree/interspeech2020/master",
-            recipe=_DNS_RECIPE),
-)}
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "size unknown"
-    return f"{n / GB:.1f} GB" if n >= GB else f"{n / MB:.0f} MB"
-
-
-def describe(datasets: dict[str, Dataset] | None = None) -> list[str]:
-    """Lines describing every registry entry, for ``selib data list``."""
-    lines = []
-    for d in (DATASETS if datasets is None else datasets).values():
-        how = "manual (git LFS), see its recipe" if d.recipe else f"≈{_size(d.approx_bytes)}"
-        lines.append(f"{d.name}: {d.description}")
-        lines.append(f"    {how}; licence {d.licence}; {d.landing}")
-        for a in d.archives:
-            check = ("sha256" if a.sha256 else "md5 (third-party, unverified)" if a.md5
-                     else "size and archive CRC only")
-            lines.append(f"    - {a.filename} ≈{_size(a.approx_bytes)}, checked by {check}")
-    return lines
-
-
 def _entry(name: str | Dataset) -> Dataset:
     if isinstance(name, Dataset):
         return name
-    if name not in DATASETS:
-        raise DownloadError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} "
+    if name not in CATALOGUE:
+        raise DownloadError(f"unknown dataset {name!r}; choose one of {sorted(CATALOGUE)} "
                             "(`selib data list` describes them).")
-    return DATASETS[name]
+    return CATALOGUE[name]
 
 
 def download(name: str | Dataset, dest: str | Path = "data", *, keep_archives: bool = False,
@@ -149,7 +49,7 @@ def download(name: str | Dataset, dest: str | Path = "data", *, keep_archives: b
     VoiceBank+DEMAND lands in ``dest/voicebank/{clean,noisy}_{testset,trainset_28spk}_wav/`` (48 kHz
     WAV, as published); DNS2020 is fetched by hand into ``dest/dns2020/`` (the error shows how).
 
-    ``name`` is a key of :data:`DATASETS` or a :class:`Dataset`. An interrupted download resumes from
+    ``name`` is a key of :data:`~selib.data.catalogue.CATALOGUE` or a :class:`Dataset`. An interrupted download resumes from
     its ``.part`` file. ``verify=False`` skips the SHA-256/MD5 comparison (use it only if the
     third-party MD5 is wrong and you have checked the file yourself); the size and archive CRC checks
     always run. Archives already unpacked (a ``.<file>.done`` marker) are skipped.
@@ -164,8 +64,8 @@ def download(name: str | Dataset, dest: str | Path = "data", *, keep_archives: b
     need = sum(a.approx_bytes or 0 for a in todo) * (1 if keep_archives else 2)
     free = shutil.disk_usage(root).free
     if need > free:
-        raise DownloadError(f"{root}: {entry.name} needs about {_size(need)} of disk for the archives "
-                            f"and their contents, but only {_size(free)} is free; "
+        raise DownloadError(f"{root}: {entry.name} needs about {size_text(need)} of disk for the archives "
+                            f"and their contents, but only {size_text(free)} is free; "
                             "choose another --dest.")
     for archive in todo:
         path = root / archive.filename

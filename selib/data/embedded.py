@@ -149,7 +149,7 @@ def verify_embedded(root: str | Path = "data/embedded") -> tuple[int, list[str]]
 
 def snr_by_id(root: str | Path, split: str = "test") -> dict[str, float]:
     """The mixing SNR (dB) of every item of ``split``, by item id (the per-SNR rows of
-    ``selib.experiments.report``)."""
+    ``selib.report``)."""
     return {item["id"]: float(item["snr_db"]) for item in load_manifest(root)["splits"][split]}
 
 

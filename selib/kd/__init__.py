@@ -16,14 +16,13 @@ import torch
 from torch import nn
 
 from selib import losses
+from selib.constants import KD_METHODS as METHODS   # in the order reports list them
 from selib.kd.adapter import RULES, FrequencyAdapter
 from selib.kd.cache import TeacherCache
 from selib.kd.dfkd import DFKDLoss, cosine_distance
 from selib.kd.logits import LogitKD
 from selib.kd.tfc import I2STFCKD, ResidualFusion, TFCalibration, from_models, jeffreys, relation_freq, \
     relation_time
-
-METHODS = ("none", "logits-mse", "logits-sisnr", "logits-spec", "dfkd", "i2s-tfckd", "dfkd+i2s-tfckd")
 
 
 def _names(cls: type, skip: tuple[str, ...] = ()) -> tuple[str, ...]:

@@ -10,12 +10,9 @@ import importlib
 import torch
 from torch import nn
 
-FAMILIES = {
-    "dccrn": "selib.models.dccrn",
-    "convtasnet": "selib.models.convtasnet",
-    "dptnet": "selib.models.dptnet",
-    "dpdcrn": "selib.models.dpdcrn",
-}
+from selib import constants
+
+FAMILIES = {name: f"selib.models.{name}" for name in constants.FAMILIES}   # family -> its module
 STAGES = ("encoder", "middle", "decoder")
 
 

@@ -9,6 +9,8 @@ published parameter counts assume).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -22,6 +24,13 @@ def _complex_apply(real: nn.Module, imag: nn.Module, x: torch.Tensor, dim: int) 
     a, b = real(parts), imag(parts)
     a_r, a_i, b_r, b_i = a[:batch], a[batch:], b[:batch], b[batch:]
     return torch.cat([a_r - b_i, b_r + a_i], dim)
+
+
+def complex_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Concatenate two complex feature maps: real parts together, then imaginary parts."""
+    a_r, a_i = a.chunk(2, 1)
+    b_r, b_i = b.chunk(2, 1)
+    return torch.cat([a_r, b_r, a_i, b_i], 1)
 
 
 class ComplexConv2d(nn.Module):
@@ -56,14 +65,19 @@ class ComplexConvTranspose2d(nn.Module):
 
 
 class LSTM(nn.Module):
-    """A one-layer unidirectional LSTM on ``[B, T, input]`` that returns only its output sequence."""
+    """A one-layer unidirectional LSTM on ``[B, T, input]`` that returns only its output sequence. With
+    ``states`` (a dict; streaming, lesson ``11_results_and_deployment``) it starts from ``states[self]``
+    and leaves its final state there."""
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rnn_sequence(self.lstm, x)
+    def forward(self, x: torch.Tensor, states: dict | None = None) -> torch.Tensor:
+        if states is None:
+            return rnn_sequence(self.lstm, x)
+        y, states[self] = self.lstm(x, states.get(self))
+        return y
 
 
 class ComplexLSTM(nn.Module):
@@ -87,8 +101,9 @@ class ComplexLSTM(nn.Module):
             self.proj_real = nn.Linear(hidden_size // 2, projection // 2)
             self.proj_imag = nn.Linear(hidden_size // 2, projection // 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _complex_apply(self.real, self.imag, x, -1)
+    def forward(self, x: torch.Tensor, states: dict | None = None) -> torch.Tensor:
+        """``states``: as in :class:`LSTM`, for both real LSTMs."""
+        out = _complex_apply(partial(self.real, states=states), partial(self.imag, states=states), x, -1)
         if not self.projection:
             return out
         real, imag = out.chunk(2, -1)

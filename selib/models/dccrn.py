@@ -23,14 +23,7 @@ from torch.nn import functional as F
 from selib.audio import STFT
 from selib.models.base import SEModel
 from selib.models.complex import (LSTM, MASK_MODES, ComplexConv2d, ComplexConvTranspose2d, ComplexLSTM,
-                                  apply_mask)
-
-
-def _complex_cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Concatenate two complex feature maps: real parts together, then imaginary parts."""
-    a_r, a_i = a.chunk(2, 1)
-    b_r, b_i = b.chunk(2, 1)
-    return torch.cat([a_r, b_r, a_i, b_i], 1)
+                                  apply_mask, complex_cat)
 
 
 def _block(conv: nn.Module, channels: int) -> nn.Sequential:
@@ -114,7 +107,7 @@ class DCCRN(SEModel):
         middle.append(x)
         decoder = []
         for block, skip in zip(self.decoder, reversed(encoder)):
-            x = block(_complex_cat(x, skip))[:, :, 1:]  # drop the first frame: one hop of look-ahead
+            x = block(complex_cat(x, skip))[:, :, 1:]  # drop the first frame: one hop of look-ahead
             decoder.append(x)
         x = x.to(spec.real.dtype)  # under autocast the decoder may run in half precision
         x = F.pad(x, (1, 0))  # DC bin re-padded with a zero mask (on real parts: ONNX has no complex pad)

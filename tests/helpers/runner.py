@@ -2,7 +2,7 @@
 
     python tests/helpers/runner.py CONFIG RUN_DIR [--delay S] [--dump-params]
 
-It trains on the config's dataset like ``python -m selib.train --no-test``, with two test hooks:
+It trains on the config's dataset like ``python -m selib train --no-test``, with two test hooks:
 ``--delay`` slows every training item down (so that a test can SIGKILL the run mid-epoch) and
 ``--dump-params`` writes each rank's final student weights to ``RUN_DIR/params_rank<R>.pt``.
 :class:`SyntheticPairs` are generated pairs for fast in-process tests (NaN injection included).

@@ -66,8 +66,8 @@ def course_teacher(family: str, teachers_dir: str | Path = TEACHERS_DIR, runs_di
     is in eval mode with gradients off.
     """
     from selib import train
+    from selib.checkpoints import load_checkpoint, load_model
     from selib.config import load
-    from selib.checkpoints import load_model
 
     shipped = Path(teachers_dir) / f"{family}-tiny-teacher.pt"
     if shipped.is_file():
@@ -87,16 +87,14 @@ def course_teacher(family: str, teachers_dir: str | Path = TEACHERS_DIR, runs_di
         note = "a stand-in for the course teacher"
     model, config = load_model(checkpoint)
     model.requires_grad_(False)
-    import torch
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint)
     print(f"teacher: {checkpoint} ({note}): {config.model.family} {config.model.preset}, "
           f"{model.n_params:,} parameters, {state['step']} training steps, "
           f"best validation SI-SDR {state['best']:.2f} dB")
     return model, checkpoint
 
 
-def _run_name(family: str, method: str, weight: float, options: Mapping[str, Any]) -> str:
+def _lesson_name(family: str, method: str, weight: float, options: Mapping[str, Any]) -> str:
     """``<family>-scratch``, or ``<family>-<method>-w<weight>`` followed by the KD options."""
     if method == "none":
         return f"{family}-scratch"
@@ -110,17 +108,16 @@ def student_config(family: str, method: str = "none", weight: float = 1.0,
     (with ``overrides``), trained from scratch (``method="none"``) or distilled with ``method``,
     ``weight`` (λ) and ``options`` from the teacher in ``teacher_checkpoint``. Students of one family
     share everything but the KD settings, so a KD student and the scratch student are comparable."""
-    import torch
-
+    from selib.checkpoints import load_checkpoint
     from selib.config import load
 
     options = dict(options or {})
-    name = _run_name(family, method, weight, options)
+    name = _lesson_name(family, method, weight, options)
     settings = {**(overrides or {}), "name": f"lesson-{name}"}
     if method != "none":
         if teacher_checkpoint is None:
             raise ValueError(f"kd method {method!r} needs teacher_checkpoint (e.g. from course_teacher({family!r})).")
-        teacher_model = torch.load(teacher_checkpoint, map_location="cpu", weights_only=True)["config"]["model"]
+        teacher_model = load_checkpoint(teacher_checkpoint)["config"]["model"]
         settings.update({"kd.method": method, "kd.weight": weight, "kd.options": options,
                          "teacher": {"family": teacher_model["family"], "preset": teacher_model["preset"],
                                      "overrides": teacher_model["overrides"],
@@ -153,22 +150,22 @@ def train_scratch_and_kd(family: str, method: str, teacher_checkpoint: str | Pat
 
 def _tested(run_dir: Path, config) -> bool:
     """Whether the run's ``metrics.json`` is the test of its current ``best.pt`` with this config."""
-    import torch
+    from selib.checkpoints import load_checkpoint
 
     run = RunDir(run_dir)
     if not run.metrics.is_file():
         return False
     metrics = run.read_metrics()
-    best_step = torch.load(run.best, map_location="cpu", weights_only=True)["step"]
+    best_step = load_checkpoint(run.best)["step"]
     return metrics["config"] == config.to_dict() and metrics["checkpoint"]["step"] == best_step
 
 
 def test_summary(model, config: Mapping[str, Any]) -> dict[str, dict]:
     """``model`` scored on the test utterances of a lesson ``config`` (its dataset, ``data.test_limit``
-    and ``eval.metrics``) with :func:`selib.inference.enhance_and_score`, as :meth:`selib.train.Trainer.test`
+    and ``eval.metrics``) with :func:`selib.evaluation.enhance_and_score`, as :meth:`selib.train.Trainer.test`
     scores a student: the ``summary`` of the evaluation. ``model=None`` scores the noisy input itself."""
     from selib import data, metrics
-    from selib.inference import enhance_and_score
+    from selib.evaluation import enhance_and_score
 
     spec, names, workers = config["data"], tuple(config["eval"]["metrics"]), config["eval"]["workers"]
     test = data.get_dataset(spec["name"], "test", root=spec["root"], limit=spec["test_limit"])
@@ -228,7 +225,7 @@ QUICKSTART_REPORT = Path("benchmarks/results/quickstart/report.json")   # commit
 
 def quickstart_report(path: str | Path = QUICKSTART_REPORT) -> dict:
     """The quick start's committed results (lesson ``11_results_and_deployment``): the ``report.json``
-    that :func:`selib.experiments.report` writes, with ``runs`` (one row per config: role, mean ± std
+    that :func:`selib.report.report` writes, with ``runs`` (one row per config: role, mean ± std
     over seeds, and for KD students the paired difference against the scratch student with its
     bootstrap interval), ``paired`` (per KD config, metric and test SNR), ``notes``, ``failed`` and
     ``bootstrap`` (how the intervals were drawn)."""
@@ -239,6 +236,6 @@ def quickstart_report(path: str | Path = QUICKSTART_REPORT) -> dict:
     report = json.loads(path.read_text())
     missing = [key for key in ("runs", "paired", "bootstrap") if key not in report]
     if missing:
-        raise ValueError(f"{path}: not a report of selib.experiments.report (no {', '.join(missing)}); "
+        raise ValueError(f"{path}: not a report of selib.report.report (no {', '.join(missing)}); "
                          "write it again with `selib report`.")
     return report

@@ -19,9 +19,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from selib.course import REPO_ROOT
 from selib.runs import RunDir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_KEYS = ("model", "config", "epoch", "step", "best", "history")   # no optimiser state
 CONFIGS = REPO_ROOT / "configs" / "teachers"
 FOLDER = REPO_ROOT / "teachers"
 
@@ -33,10 +34,12 @@ def _data_root(config) -> Path:
 
 
 def validation_dataset(config):
-    """The whole utterances of the config's validation split (``data.valid_limit`` of them)."""
-    from selib.data import get_dataset
+    """The whole utterances of the config's validation split (``data.valid_limit`` of them), its data
+    folder taken relative to the repository (:func:`selib.train.dataset`)."""
+    from selib.config import load
+    from selib.train import dataset
 
-    return get_dataset(config.data.name, "valid", root=_data_root(config), limit=config.data.valid_limit)
+    return dataset(load(config, {"data.root": str(_data_root(config))}), "valid")
 
 
 def validation_files_sha256(dataset) -> str | None:
@@ -65,7 +68,9 @@ def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | 
     returns the record. A finished run in ``runs_root`` is reused (delete it to train again)."""
     import torch
 
-    from selib import models, train
+    from selib import train
+    from selib.evaluation import validation_score
+    from selib.checkpoints import load_checkpoint, load_model, save_model_only
     from selib.config import ConfigError, load
     from selib.kd.cache import file_sha256
 
@@ -76,23 +81,19 @@ def ship(config_path: str | Path, folder: str | Path = FOLDER, runs_root: str | 
                           "(kd.method: none, teacher: null).")
     run = RunDir.of(cfg, runs_root)
     train.run(cfg, run.path, test=False)     # resumes an interrupted run; a finished one trains no more
-    state = torch.load(run.best, map_location="cpu", weights_only=True)
-    model = models.build(cfg.model.family, cfg.model.preset, **cfg.model.overrides)
-    model.load_state_dict(state["model"])
-    model.eval()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = folder / f"{cfg.name}.pt"
-    torch.save({"model": state["model"], "config": state["config"], "epoch": state["epoch"],
-                "step": state["step"], "best": state["best"], "history": state["history"]}, checkpoint)
+    checkpoint = save_model_only(run.best, folder / f"{cfg.name}.pt", SHIPPED_KEYS)
+    state = load_checkpoint(checkpoint)
+    model, _ = load_model(checkpoint)
     valid = validation_dataset(cfg)
-    total = train.si_sdr_total(model, valid, range(len(valid)), torch.device("cpu"))
+    si_sdr, n_utterances = validation_score(model, valid)
     shown = config_path.resolve().relative_to(REPO_ROOT) if config_path.resolve().is_relative_to(REPO_ROOT) \
         else config_path
     record = {"name": cfg.name, "checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint),
               "config_path": str(shown), "command": f"selib teachers {shown}", "config": cfg.to_dict(),
               "params": model.n_params, "step": state["step"], "epoch": state["epoch"],
-              "valid": {"si_sdr": float(total[0] / total[1]), "n_utterances": int(total[1]),
+              "valid": {"si_sdr": si_sdr, "n_utterances": n_utterances,
                         "files_sha256": validation_files_sha256(valid)},
               "torch": torch.__version__}
     (folder / f"{cfg.name}.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -1,13 +1,7 @@
-"""Experiments: papermill runs from YAML configs, and reports built from the run folders only
-(lesson ``11_results_and_deployment``).
-
-:func:`run_configs` executes ``notebooks/runs/train.ipynb`` once per (config, seed) in a papermill
-subprocess, into ``<runs_root>/<name>-s<seed>/``. A failed run leaves a ``FAILED`` file (the reason
-and the path of its log) next to its executed notebook, and the other runs go on; a run whose
-``metrics.json`` exists is skipped, so an interrupted batch resumes where it stopped.
-:func:`report` groups the run folders by config name, tabulates mean ± std over seeds and pairs every
-KD student with the scratch student of the same seed, utterance by utterance, with bootstrap intervals.
-:func:`quickstart` is what ``make quickstart`` runs.
+"""Reports built from run folders only (lesson ``11_results_and_deployment``; ``selib report``):
+:func:`report` groups the run folders by config name, tabulates mean ± std over seeds and pairs every KD
+student with the scratch student of the same seed, utterance by utterance, with bootstrap intervals
+(:func:`paired_statistics`), and writes ``report.md``, ``.csv``, ``_paired.csv``, ``.json`` and ``.png``.
 """
 from __future__ import annotations
 
@@ -15,159 +9,13 @@ import csv
 import glob
 import json
 import math
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from selib.runs import DONE, RunDir, run_name
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN_NOTEBOOK = REPO_ROOT / "notebooks" / "runs" / "train.ipynb"
-COURSE_CONFIGS = REPO_ROOT / "configs" / "course"
-
-
-def _run_name(config_path: Path, overrides: dict) -> str:
-    """The run name of the resolved config; for a config that does not load (its run will fail and
-    say why), the ``name`` written in the file, else the file stem."""
-    from selib.config import load
-
-    try:
-        return load(config_path, overrides).name
-    except ValueError:
-        pass
-    try:
-        raw = yaml.safe_load(config_path.read_text())
-    except (OSError, yaml.YAMLError):
-        raw = None
-    return str(raw["name"]) if isinstance(raw, dict) and raw.get("name") else config_path.stem
-
-
-def _teacher_override(config_path: Path, runs_root: Path) -> dict:
-    """Configs name their teacher ``runs/<teacher>-s{seed}/best.pt``; map that ``runs/`` onto
-    ``runs_root`` so a batch run elsewhere finds the teachers it trained itself."""
-    try:
-        raw = yaml.safe_load(config_path.read_text())
-        checkpoint = Path(raw["teacher"]["checkpoint"])
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        return {}
-    if checkpoint.is_absolute() or checkpoint.parts[0] != "runs" or runs_root == Path("runs"):
-        return {}
-    return {"teacher.checkpoint": str(runs_root.joinpath(*checkpoint.parts[1:]))}
-
-
-def _failure_reason(notebook: Path, log: Path, returncode: int) -> str:
-    """The exception the executed notebook stopped on, else the last line of the log."""
-    import nbformat
-
-    try:
-        nb = nbformat.read(str(notebook), as_version=4)
-    except (OSError, ValueError):  # not written, or cut short: fall back to the log
-        nb = nbformat.v4.new_notebook()
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "error":
-                return f"{out['ename']}: {out['evalue']}"
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
-    return (lines[-1] if lines else "no output") + f" (papermill exit code {returncode})"
-
-
-def run_one(config_path: str | Path, seed: int = 0, runs_root: str | Path = "runs",
-            overrides: dict | None = None, env: dict | None = None, via: str = "papermill") -> dict:
-    """Train and test one (config, seed) into ``<runs_root>/<name>-s<seed>`` with :func:`execute`;
-    the teacher paths ``runs/...`` of the config are mapped onto ``runs_root``."""
-    config_path, runs_root = Path(config_path), Path(runs_root)
-    overrides = {**_teacher_override(config_path, runs_root), **(overrides or {}), "seed": int(seed)}
-    run = RunDir(runs_root / run_name(_run_name(config_path, overrides), seed))
-    return execute(config_path, run, via, overrides, env=env)
-
-
-def execute(config, run: RunDir, via: str = "process", overrides: dict | None = None,
-            checkpoint: str | Path | None = None, env: dict | None = None) -> dict:
-    """Execute one run into ``run``: the only place that skips, starts and records runs.
-
-    ``config`` is a YAML path or a :class:`~selib.config.Config` (with ``overrides``). ``via="process"``
-    trains and tests in this process (:func:`selib.train.run`; with ``checkpoint``, it only tests that
-    checkpoint, e.g. a shipped teacher); ``via="papermill"`` executes ``notebooks/runs/train.ipynb`` in a
-    papermill subprocess (with ``env``) and keeps the executed notebook. A finished run is skipped; a
-    failed one leaves ``FAILED`` with the reason and the log that holds the details (``error.log``, or
-    ``papermill.log`` next to the notebook) and does not stop the caller. Prints one line; returns
-    ``{"run_dir", "status", "reason"}`` with status ``done``, ``skipped`` or ``failed``.
-    """
-    if via not in EXECUTORS:
-        raise ValueError(f"via = {via!r}; choose one of {', '.join(EXECUTORS)}.")
-    if via == "papermill" and checkpoint is not None:
-        raise ValueError("via = 'papermill' trains the run; testing a given checkpoint runs in process.")
-    if run.status == DONE:
-        result = {"run_dir": run.path, "status": "skipped", "reason": ""}
-    else:
-        run.start()
-        reason = EXECUTORS[via](config, run, overrides or {}, checkpoint, env)
-        if reason is None and run.status != DONE:
-            reason = f"the run finished without writing {run.metrics.name}"
-            run.fail(reason, run.papermill_log if via == "papermill" else run.log)
-        result = {"run_dir": run.path, "status": "failed" if reason else "done", "reason": reason or ""}
-    print(f"[{result['status']}] {run.path}" + (f": {result['reason']}" if result["reason"] else ""), flush=True)
-    return result
-
-
-def _in_process(config, run: RunDir, overrides: dict, checkpoint, env) -> str | None:
-    """Train and test (or only test ``checkpoint``) in this process; the failure reason, else None."""
-    import traceback
-
-    from selib import train
-    from selib.config import load
-
-    try:
-        cfg = load(config, overrides)
-        if checkpoint is None:
-            train.run(cfg, run.path)
-        else:
-            train.Trainer(cfg, run.path).test(checkpoint)
-    except Exception as err:  # one failed run must not stop the comparison
-        run.error_log.write_text(traceback.format_exc())
-        reason = f"{type(err).__name__}: {err}"
-        run.fail(reason, run.error_log)
-        return reason
-    return None
-
-
-def _papermill(config, run: RunDir, overrides: dict, checkpoint, env) -> str | None:
-    """Execute the training notebook in a papermill subprocess; the failure reason, else None."""
-    if not isinstance(config, (str, Path)):
-        config = config.dump(run.config)
-    run.params.write_text(yaml.safe_dump({"config_path": str(config), "overrides": overrides,
-                                          "run_dir": str(run.path), "seed": int(overrides.get("seed", 0))},
-                                         sort_keys=False))
-    cmd = [sys.executable, "-m", "papermill", str(TRAIN_NOTEBOOK), str(run.notebook), "-f", str(run.params),
-           "-k", "python3", "--log-output", "--no-progress-bar"]
-    with open(run.papermill_log, "w") as handle:
-        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode == 0:
-        return None
-    reason = _failure_reason(run.notebook, run.papermill_log, proc.returncode)
-    run.fail(reason, run.papermill_log, notebook=run.notebook)
-    return reason
-
-
-EXECUTORS = {"process": _in_process, "papermill": _papermill}
-
-
-def run_configs(configs, runs_root: str | Path = "runs", seeds=(0,), overrides: dict | None = None,
-                workers: int = 1) -> list[dict]:
-    """Run every (config, seed) with papermill (see :func:`run_one`); ``workers`` runs go at once,
-    each with an equal share of the CPU threads. Prints one line per run; returns their results."""
-    jobs = [(Path(c), int(s)) for c in configs for s in seeds]
-    env = {**os.environ, "SELIB_PROGRESS": "0"}  # the log and the notebook get plain lines
-    if workers > 1:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda job: run_one(*job, runs_root, overrides, env), jobs))
+from selib.constants import KD_METHODS
+from selib.files import write_csv, write_json
+from selib.runs import DONE, RunDir
 
 
 def _expand(runs) -> list[Path]:
@@ -280,13 +128,13 @@ def _student_key(config) -> tuple:
 
 
 def _snr_of(config) -> dict[str, float]:
-    """Test SNR by utterance id for the embedded corpus (its manifest); empty for other datasets."""
-    from selib.data.embedded import snr_by_id
+    """Test SNR by utterance id for an embedded corpus (its manifest); empty for other datasets."""
+    from selib.data.embedded import EMBEDDED, snr_by_id
 
-    if config.data.name != "embedded":
+    if config.data.name not in EMBEDDED:
         return {}
     try:
-        return snr_by_id(config.data.root or "data/embedded")
+        return snr_by_id(config.data.root or f"data/{config.data.name}")
     except (FileNotFoundError, KeyError, ValueError):
         return {}
 
@@ -400,9 +248,8 @@ def report(runs, out_dir: str | Path = "runs", metrics: list[str] | None = None,
             values = [v[metric] for v in (_metric_means(m["metrics"]) for m in members) if metric in v]
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(values) if values else (math.nan,) * 2
         table.append(row)
-    methods = ["logits-mse", "logits-sisnr", "logits-spec", "dfkd", "i2s-tfckd", "dfkd+i2s-tfckd"]
     table.sort(key=lambda r: (r["model"].split("/")[0], ["teacher", "scratch", "kd"].index(r["role"]),
-                              methods.index(r["kd"]) if r["kd"] in methods else -1, r["name"]))
+                              KD_METHODS.index(r["kd"]) if r["kd"] in KD_METHODS else -1, r["name"]))
     paired, notes = paired_statistics(finished, roles, n_boot=n_boot, seed=seed)
     for row in table:
         for p in (p for p in paired if p["name"] == row["name"] and p["snr_db"] == "all"):
@@ -410,41 +257,21 @@ def report(runs, out_dir: str | Path = "runs", metrics: list[str] | None = None,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(table, out_dir / "report.csv")
-    _write_csv(paired, out_dir / "report_paired.csv")
+    write_csv(out_dir / "report.csv", table, empty_header=("name",))
+    write_csv(out_dir / "report_paired.csv", paired, empty_header=("name",))
     bootstrap = {"scheme": "seeds and utterances resampled independently with replacement (crossed)",
                  "n_boot": n_boot, "seed": seed, "confidence": 0.95, "interval": "percentile"}
-    (out_dir / "report.json").write_text(json.dumps(
-        _json_safe({"runs": table, "paired": paired, "notes": notes, "failed": failed, "bootstrap": bootstrap}),
-        indent=1))
+    write_json(out_dir / "report.json",
+               {"runs": table, "paired": paired, "notes": notes, "failed": failed, "bootstrap": bootstrap})
     _write_markdown(table, paired, notes, failed, metric_names, out_dir / "report.md", n_boot)
     if table:
         _write_chart(table, metric_names, out_dir / "report.png")
     return table
 
 
-def _json_safe(value):
-    """NaN and infinities as null, so that report.json is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_csv(table: list[dict], path: Path) -> None:
-    fields = list(dict.fromkeys(k for r in table for k in r)) or ["name"]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(table)
-
-
 def _write_markdown(table, paired, notes, failed, metric_names, path: Path, n_boot: int) -> None:
     lines = ["# Results", ""]
-    if any(r["data"] == "embedded" for r in table):
+    if any(r["data"].startswith("embedded") for r in table):
         lines += ["Embedded corpus rows are synthetic TTS results: compare them with each other only, "
                   "never with published VoiceBank+DEMAND or DNS2020 numbers.", ""]
     header = ["run", "role", "model", "KD", "params", "seeds", "train s"] + metric_names
@@ -514,142 +341,3 @@ def _write_chart(table, metric_names, path: Path) -> None:
         else:
             ax.set_axis_off()
     fig.savefig(path, dpi=110)
-
-
-def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str | Path = "data/embedded",
-               configs_dir: str | Path = COURSE_CONFIGS, results: str | Path | None = None,
-               jobs: int = 1) -> list[dict]:
-    """What ``make quickstart`` runs: build the embedded corpus, score the course teachers, train every
-    course student config for each seed, then print and write the report to ``<runs_root>/report.md``
-    (and copy the ``report*`` files to ``results``, e.g. ``benchmarks/results/quickstart``, with the
-    weights of the first seed's students in ``results/models``).
-
-    The students' teachers are shipped checkpoints (``teacher.checkpoint: teachers/<name>.pt`` with its
-    record ``<name>.json``; :mod:`selib.teachers`); a missing one is trained first from
-    ``configs/teachers/<name>.yaml``. Each teacher is scored on the test split, with the config of its
-    record, into ``<name>-s0``: the run folder the report takes as the teacher row. The students train
-    in process (:func:`execute`, ``via="process"``), into the same run folders ``selib run`` writes
-    (without the executed notebook: a papermill kernel per run would add seconds and memory to each
-    run): one after another, or with ``jobs > 1`` that many at once in worker processes, each with an
-    equal share of the CPU threads (tiny models use one thread poorly, so two one-thread runs on two
-    cores finish sooner than two two-thread runs in turn). A failed run leaves a ``FAILED`` file and the
-    others go on; finished runs are skipped, so an interrupted quick start resumes.
-    """
-    import shutil
-
-    runs_root, data_override = Path(runs_root), {"data.root": str(data_root)}
-    configs = sorted(Path(configs_dir).glob("*.yaml"))
-    if not configs:
-        raise FileNotFoundError(f"{configs_dir}: no course configs (*.yaml) found.")
-    with _workers(jobs) as run_all:     # with jobs > 1, torch is imported by the fork server only
-        print(f"corpus: {run_all(_build_corpus, [str(data_root)])[0]}", flush=True)
-        students, checkpoints = run_all(_plan, [(configs, seeds, data_override)])[0]
-        run_all(_ship_teacher, [(c, runs_root / "teachers", data_override) for c in checkpoints if not c.is_file()])
-        scored = run_all(_teacher_config, [(c, data_override) for c in checkpoints])
-        run_all(_run, [(cfg, runs_root, c) for cfg, c in zip(scored, checkpoints)]
-                + [(cfg, runs_root, None) for cfg in students])
-        if results is not None:
-            run_all(_ship_students, [(students, seeds[0], runs_root, Path(results) / "models")])
-    table = report(runs_root, runs_root)
-    print((runs_root / "report.md").read_text(), flush=True)
-    if results is not None:
-        Path(results).mkdir(parents=True, exist_ok=True)
-        for path in sorted(runs_root.glob("report*")):
-            shutil.copy2(path, Path(results) / path.name)
-    return table
-
-
-def _ship_students(job: tuple[list[dict], int, Path, Path]) -> None:
-    """The weights of every student of ``seed`` as ``<folder>/<run name>.pt`` (model, config and step
-    only), so that lesson 11 can play the quick start's students without retraining them."""
-    from selib.checkpoints import save_model_only
-
-    students, seed, runs_root, folder = job
-    folder.mkdir(parents=True, exist_ok=True)
-    for cfg in students:
-        run = RunDir(runs_root / run_name(cfg["name"], cfg["seed"]))
-        if cfg["seed"] == seed and run.best.is_file():
-            save_model_only(run.best, folder / f"{run.name}.pt")
-
-
-@contextmanager
-def _workers(jobs: int):
-    """``run_all(fn, items) -> [fn(item), ...]``: in this process (``jobs == 1``), or in ``jobs`` worker
-    processes with an equal share of the CPU threads and a fresh process for every item, so that no
-    run's memory outlives it and this process stays small. The workers are forked from a fork server
-    that has imported what a run imports once (and never runs an operator, so forking it is safe): they
-    share those ~0.9 GB of pages instead of each importing its own copy."""
-    if jobs <= 1:
-        yield lambda fn, items: [fn(item) for item in items]
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("forkserver")
-    # torch._dynamo (with sympy and triton, ~0.18 GB): torch.optim imports it at the first optimizer
-    context.set_forkserver_preload(["torch", "torch._dynamo", "selib.data", "selib.models", "selib.kd",
-                                    "selib.train", "selib.metrics"])
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, context, _set_threads, (threads,), max_tasks_per_child=1) as pool:
-        yield lambda fn, items: list(pool.map(fn, items))
-
-
-def _build_corpus(root: str) -> Path:
-    from selib import data
-
-    return data.build_embedded(root)
-
-
-def _plan(job: tuple[list[Path], tuple, dict]) -> tuple[list[dict], list[Path]]:
-    """The resolved student configs (one per config and seed) in the order they run, and the teacher
-    checkpoints they name. Seed by seed, so that the three runs of the costliest config (I²S-TFCKD) are
-    never side by side; within a seed the model families alternate, so that two runs sharing a teacher
-    cache rarely start together and the second finds the teacher outputs the first one stored."""
-    from selib.config import load
-
-    configs, seeds, overrides = job
-    position, count = {}, {}
-    for path in configs:
-        family = load(path, overrides).model.family
-        position[path] = (count.get(family, 0), family)
-        count[family] = count.get(family, 0) + 1
-    interleaved = sorted(configs, key=position.__getitem__)
-    students = [load(path, {**overrides, "seed": int(seed)}) for seed in seeds for path in interleaved]
-    checkpoints = sorted({Path(cfg.teacher.checkpoint) for cfg in students if cfg.teacher is not None})
-    return [cfg.to_dict() for cfg in students], checkpoints
-
-
-def _teacher_config(job: tuple[Path, dict]) -> dict:
-    """The config a shipped teacher was trained with (its record), to score it on the test split."""
-    from selib import teachers
-    from selib.config import load
-
-    checkpoint, overrides = job
-    return load(teachers.record(checkpoint)["config"], overrides).to_dict()
-
-
-def _ship_teacher(job: tuple[Path, Path, dict]) -> dict:
-    """Train a course teacher that is not shipped (``make teachers`` does the same)."""
-    from selib import teachers
-
-    checkpoint, runs_root, overrides = job
-    config = teachers.CONFIGS / f"{checkpoint.stem}.yaml"
-    print(f"{checkpoint}: not shipped; training it from {config} (make teachers)", flush=True)
-    return teachers.ship(config, checkpoint.parent, runs_root, overrides)
-
-
-def _run(job: tuple[dict, Path, Path | None]) -> dict:
-    """One quick-start run: a student trained and tested, or (with a checkpoint) a teacher scored."""
-    from selib.config import load
-
-    config, runs_root, checkpoint = job
-    cfg = load(config)
-    return execute(cfg, RunDir.of(cfg, runs_root), "process", checkpoint=checkpoint)
-
-
-def _set_threads(threads: int) -> None:
-    """Worker start-up: ``threads`` torch and BLAS threads."""
-    import torch
-
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
