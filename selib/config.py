@@ -18,25 +18,27 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from selib.constants import DATASETS, FAMILIES, KD_METHODS, LOSSES, METRICS
+from selib.constants import DATASETS, FAMILIES, KD_METHODS, LOSSES, METRICS, SPLITS
 
 # Beyond the docs/CONTRACTS.md schema: device; optim.step_size (epochs) and gamma for the step scheduler,
 # gamma (factor) and patience (epochs) for plateau (on validation SI-SDR); optim.checkpoint_every: steps
 # between last.pt saves (0: only at epoch ends); teacher.overrides (model constructor overrides);
 # role (teacher | student, for reports; null: inferred); teacher.cache and teacher.cache_dir (the
 # teacher-output cache, selib.kd.cache); kd.balance, kd.balance_batches, kd.balance_ratio, kd.balance_at
-# (lambda set from gradient norms after balance_at steps; docs/kd.md, "Weights that mean the same ...").
+# (lambda set from gradient norms after balance_at steps; docs/kd.md, "Weights that mean the same ...");
+# data.transfer (noisy audio for the KD term only, selib.data.transfer); kd.schedule and kd.pretrain_share
+# (two-step KD: the KD term alone for that share of the steps, then L_SE + lambda KD; docs/kd.md).
 DEFAULTS: dict[str, Any] = {
     "name": None,            # run name; None -> "<family>-<preset>-<kd method>"
     "role": None,            # teacher | student; None -> inferred by the report
     "seed": 0,
     "device": "auto",        # auto (CUDA when available) | cpu | cuda
     "data": {"name": "embedded", "root": None, "segment_seconds": 2.0, "batch_size": 8,
-             "num_workers": 0, "train_limit": None, "valid_limit": None, "test_limit": None},
+             "num_workers": 0, "train_limit": None, "valid_limit": None, "test_limit": None, "transfer": None},
     "model": {"family": "dccrn", "preset": "tiny-student", "overrides": {}},
     "teacher": None,
     "kd": {"method": "none", "weight": 1.0, "options": {}, "balance": "none", "balance_batches": 8,
-           "balance_ratio": 1.0, "balance_at": 0},
+           "balance_ratio": 1.0, "balance_at": 0, "schedule": "none", "pretrain_share": 0.5},
     "loss": {"se": "sisnr"},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "epochs": 10, "max_steps": None,
               "grad_clip": 5.0, "scheduler": "none", "step_size": 1, "gamma": 0.5, "patience": 2,
@@ -54,6 +56,7 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 ROLES = ("teacher", "student")
 BALANCES = ("none", "grad")
+KD_SCHEDULES = ("none", "two-step")
 
 
 class ConfigError(ValueError):
@@ -246,6 +249,35 @@ def _presets(section: str):
     return choices
 
 
+def _transfer(value, cfg):
+    """``data.transfer``: null, ``rest`` (needs ``data.train_limit``), ``{name, split?, root?, limit?}`` or
+    ``{folder}`` (selib.data.transfer)."""
+    if value is None:
+        return None
+    if value == "rest":
+        return None if cfg["data"]["train_limit"] is not None else (
+            "rest means the training items after data.train_limit; set data.train_limit to the number "
+            "of labelled items")
+    shapes = "null, rest, {name: DATASET, split: SPLIT} or {folder: PATH}"
+    if not isinstance(value, Mapping):
+        return f"must be {shapes}"
+    extra = sorted(set(value) - ({"folder"} if "folder" in value else {"name", "split", "root", "limit"}))
+    if "folder" in value and not extra:
+        return None if isinstance(value["folder"], str) and value["folder"] else "folder must be a path"
+    if "name" not in value or extra:
+        return f"must be {shapes} (optional keys root, limit){f'; unknown keys {extra}' if extra else ''}"
+    if value["name"] not in DATASETS:
+        return f"name must be one of: {', '.join(DATASETS)}"
+    if value.get("split", "train") not in SPLITS:
+        return f"split must be one of: {', '.join(SPLITS)}"
+    return _number(int, 1, optional=True)(value.get("limit"), cfg)
+
+
+def _share(value, cfg):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+    return None if ok else "must be a number between 0 and 1 (the share of the steps)"
+
+
 CHECKS: dict[str, Callable[[Any, dict], str | None]] = {
     "name": _string(optional=True),
     "role": _choice([*ROLES, None]),
@@ -259,6 +291,7 @@ CHECKS: dict[str, Callable[[Any, dict], str | None]] = {
     "data.train_limit": _number(int, 1, optional=True),
     "data.valid_limit": _number(int, 1, optional=True),
     "data.test_limit": _number(int, 1, optional=True),
+    "data.transfer": _transfer,
     "model.family": _choice(sorted(FAMILIES)),
     "model.preset": _choice(_presets("model")),
     "model.overrides": _mapping,
@@ -275,6 +308,8 @@ CHECKS: dict[str, Callable[[Any, dict], str | None]] = {
     "kd.balance_batches": _number(int, 1),
     "kd.balance_ratio": _number(float, 0, strict=True),
     "kd.balance_at": _number(int, 0),
+    "kd.schedule": _choice(KD_SCHEDULES),
+    "kd.pretrain_share": _share,
     "loss.se": _choice(LOSSES),
     "optim.name": _choice(OPTIMIZERS),
     "optim.lr": _number(float, 0, strict=True),
@@ -317,6 +352,11 @@ def _validate(cfg: dict, where: str) -> None:
     if method == "none" and cfg["teacher"] is not None:
         raise ConfigError(f"{where}: teacher is set but kd.method is 'none'; set teacher: null for a "
                           "run without distillation, or pick a KD method.")
+    for needs_kd, what in ((cfg["data"]["transfer"] is not None, "data.transfer feeds only the KD term"),
+                           (cfg["kd"]["schedule"] != "none", "kd.schedule schedules the KD term")):
+        if needs_kd and method == "none":
+            raise ConfigError(f"{where}: {what}, and kd.method is 'none'; pick a KD method and a teacher, "
+                              "or remove it.")
     if method != "none" and cfg["teacher"] is None:
         raise ConfigError(f"{where}: kd.method = {method!r} needs a teacher; add teacher: {{family, preset, "
                           "checkpoint}} (e.g. checkpoint: runs/<teacher-name>-s{seed}/best.pt).")

@@ -73,3 +73,90 @@ def test_transfer_folder_reads_recordings_at_any_rate_and_names_bad_folders(tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no .wav or .flac files"):
         NoisyFolder(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- training with a transfer set
+
+class _OtherClean(torch.utils.data.Dataset):
+    """``pairs`` with the same noisy items and a different clean signal (``scale`` times noise)."""
+
+    def __init__(self, pairs, scale):
+        self.pairs, self.scale = pairs, scale
+
+    def set_epoch(self, epoch):
+        self.pairs.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        item = dict(self.pairs[i])
+        item["clean"] = self.scale * torch.randn(item["clean"].shape, generator=torch.Generator().manual_seed(i))
+        return item
+
+
+def _trainer(tmp_path, name, transfer_pairs, **config):
+    from runner import SyntheticPairs
+
+    from bad_input import write_checkpoint
+    from selib.config import load
+    from selib.data.transfer import NoisyOnly
+    from selib.train import Trainer
+
+    teacher = tmp_path / "teacher.pt"
+    if not teacher.exists():
+        write_checkpoint(teacher, "dccrn", "tiny-student")
+    base = {"seed": 0, "device": "cpu",
+            "data": {"segment_seconds": 0.25, "batch_size": 2, "train_limit": 2, "transfer": "rest"},
+            "model": {"family": "dccrn", "preset": "tiny-student"},
+            "teacher": {"family": "dccrn", "preset": "tiny-student", "checkpoint": str(teacher)},
+            "kd": {"method": "logits-sisnr"},
+            "optim": {"lr": 3e-3, "epochs": 100, "max_steps": 4, "checkpoint_every": 0},
+            "eval": {"metrics": ["si_sdr"], "workers": 1}}
+    cfg = load(base, {k.replace("__", "."): v for k, v in config.items()})
+    train = WithTransfer(SyntheticPairs(2, 0.25, seed=1), NoisyOnly(transfer_pairs), seed=0)
+    datasets = {"train": train, "valid": SyntheticPairs(2, 0.25, seed=2), "test": SyntheticPairs(2, 0.25, seed=3)}
+    return Trainer(cfg, tmp_path / name, datasets=datasets)
+
+
+def test_transfer_clean_signals_never_reach_the_loss(tmp_path):
+    from runner import SyntheticPairs
+
+    pool = SyntheticPairs(6, 0.25, seed=7)
+    runs = {}
+    for name, transfer in [("zeros", _OtherClean(pool, 0.0)), ("loud", _OtherClean(pool, 0.9)),
+                           ("other_noisy", SyntheticPairs(6, 0.25, seed=8))]:
+        trainer = _trainer(tmp_path, name, transfer)
+        trainer.fit()
+        runs[name] = torch.cat([p.detach().flatten() for p in trainer.student.parameters()])
+    assert torch.equal(runs["zeros"], runs["loud"])            # what stands in a transfer item's clean is unused
+    assert not torch.equal(runs["zeros"], runs["other_noisy"])  # while its noisy audio does train the student
+
+
+def test_kd_term_on_transfer_rows_is_the_method_loss_on_the_same_tensors(tmp_path):
+    import reference
+    from runner import SyntheticPairs
+
+    trainer = _trainer(tmp_path, "direct", SyntheticPairs(6, 0.25, seed=7))
+    batch = next(iter(trainer._loader(0)))
+    noisy, clean, labelled = trainer.training_step.inputs(batch, torch.device("cpu"))
+    assert labelled.tolist() == [True, True, False, False]
+    assert torch.equal(noisy[2:], batch["transfer_noisy"]) and not clean[2:].any()
+    with torch.no_grad():
+        se, kd_loss, _ = trainer.training_step.losses(noisy, clean, local=True, labelled=labelled)
+        student, teacher = trainer.student(noisy).numpy(), trainer.teacher(noisy).numpy()
+    assert float(kd_loss) == pytest.approx(-reference.si_sdr(student, teacher).mean(), rel=1e-4)
+    assert float(se) == pytest.approx(-reference.si_sdr(student[:2], clean[:2].numpy()).mean(), rel=1e-4)
+
+
+def test_two_step_schedule_trains_on_kd_alone_until_the_configured_step(tmp_path):
+    from runner import SyntheticPairs
+
+    trainer = _trainer(tmp_path, "two-step", SyntheticPairs(6, 0.25, seed=7), kd__schedule="two-step",
+                       kd__pretrain_share=0.5, kd__weight=2.0)
+    assert [trainer.supervised(s) for s in range(4)] == [False, False, True, True]
+    history = trainer.fit()                                  # one step per epoch: 2 items, batch 2
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    for h in history:
+        expected = 2.0 * h["train_kd"] + (h["train_se"] if h["step"] > 2 else 0.0)
+        assert h["train_loss"] == pytest.approx(expected, rel=1e-5), h

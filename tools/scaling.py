@@ -51,7 +51,8 @@ def run_summary(config_path: Path) -> dict | None:
     early = [v for s, v in curve if s <= cut]
     late = [v for s, v in curve if s > cut]
     metrics_path = folder / "metrics.json"
-    test = json.loads(metrics_path.read_text()).get("mean", {}) if metrics_path.is_file() else {}
+    summary = json.loads(metrics_path.read_text())["summary"] if metrics_path.is_file() else {}
+    test = {metric: scores["mean"] for metric, scores in summary.items()}
     model = build(cfg.model.family, cfg.model.preset, **cfg.model.overrides)
     return {"name": cfg.name, "task": cfg.data.name, "family": cfg.model.family,
             "params": sum(p.numel() for p in model.parameters()), "steps": steps,
@@ -59,7 +60,7 @@ def run_summary(config_path: Path) -> dict | None:
             "curve": [{"step": s, "valid_si_sdr": round(v, 4)} for s, v in curve],
             "best_valid_si_sdr": round(max(v for _, v in curve), 4),
             "last_third_gain_db": round(max(late) - max(early), 4) if late and early else None,
-            "test": {k: round(float(v), 4) for k, v in test.items() if isinstance(v, (int, float))},
+            "test": {k: round(float(v), 4) for k, v in test.items()},
             "config": str(config_path.relative_to(REPO))}
 
 

@@ -93,9 +93,12 @@ class Distiller(nn.Module):
         se, kd, parts = self.split(student_out, clean, noisy, teacher_out, student_features, teacher_features)
         return self.combine(se, kd), parts
 
-    def combine(self, se: torch.Tensor, kd: torch.Tensor | None) -> torch.Tensor:
-        """The training loss ``L_SE + weight * KD`` from the two parts :meth:`split` returns."""
-        return se if kd is None else se + self.weight * kd
+    def combine(self, se: torch.Tensor, kd: torch.Tensor | None, supervised: bool = True) -> torch.Tensor:
+        """The training loss ``L_SE + weight * KD`` from the two parts :meth:`split` returns; without
+        ``supervised`` (the KD-only steps of a two-step schedule) ``weight * KD`` alone."""
+        if kd is None:
+            return se
+        return se + self.weight * kd if supervised else self.weight * kd
 
     def split(self, student_out: torch.Tensor, clean: torch.Tensor, noisy: torch.Tensor | None = None,
               teacher_out: torch.Tensor | None = None, student_features: dict | None = None,

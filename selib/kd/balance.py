@@ -43,9 +43,9 @@ def mean_grad_norms(step, batches: Iterable[Mapping[str, torch.Tensor]], params:
     :class:`selib.train.step.TrainingStep` ``step``; no parameter is updated."""
     sums = torch.zeros(3, dtype=torch.float64)
     for batch in batches:
-        noisy, clean = batch["noisy"].to(device), batch["clean"].to(device)
+        noisy, clean, labelled = step.inputs(batch, device)
         with step.autocast():
-            se, kd_loss, _ = step.losses(noisy, clean, local=True)
+            se, kd_loss, _ = step.losses(noisy, clean, local=True, labelled=labelled)
         sums += torch.tensor([*grad_norms(se, kd_loss, params, world), 1.0], dtype=torch.float64)
     return float(sums[0] / sums[2]), float(sums[1] / sums[2]), int(sums[2])
 

@@ -7,7 +7,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -25,14 +25,14 @@ class _Objective(nn.Module):
         super().__init__()
         self.student, self.distiller = student, distiller
 
-    def forward(self, noisy, clean, teacher_out=None, teacher_features=None):
+    def forward(self, noisy, clean, teacher_out=None, teacher_features=None, labelled=None):
         student_features = None
         if self.distiller.needs_features:
             out, student_features = self.student(noisy, return_features=True)
         else:
             out = self.student(noisy)
-        return self.distiller.split(out, clean, noisy, teacher_out=teacher_out,
-                                    student_features=student_features, teacher_features=teacher_features)
+        return self.distiller.split(out, clean, noisy, teacher_out=teacher_out, student_features=student_features,
+                                    teacher_features=teacher_features, labelled=labelled)
 
 
 class TrainingStep:
@@ -72,10 +72,26 @@ class TrainingStep:
             return self.cache(self.teacher, noisy), None
         return self.teacher(noisy), None
 
-    def losses(self, noisy: torch.Tensor, clean: torch.Tensor, local: bool = False):
+    @staticmethod
+    def inputs(batch: Mapping[str, torch.Tensor], device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(noisy, clean, labelled)`` of a training batch on ``device``. With a transfer set
+        (``transfer_noisy``, :class:`selib.data.transfer.WithTransfer`) its rows follow the labelled ones,
+        with zeros where a reference would stand and ``labelled`` false; without one ``labelled`` is None."""
+        noisy = batch["noisy"].to(device, non_blocking=True)
+        clean = batch["clean"].to(device, non_blocking=True)
+        if "transfer_noisy" not in batch:
+            return noisy, clean, None
+        transfer = batch["transfer_noisy"].to(device, non_blocking=True)
+        labelled = torch.cat([torch.ones(len(noisy), dtype=torch.bool), torch.zeros(len(transfer), dtype=torch.bool)])
+        return torch.cat([noisy, transfer]), torch.cat([clean, torch.zeros_like(transfer)]), labelled.to(device)
+
+    def losses(self, noisy: torch.Tensor, clean: torch.Tensor, local: bool = False,
+               labelled: torch.Tensor | None = None):
+        """``(L_SE, KD or None, logged values)`` of one batch (:meth:`selib.kd.Distiller.split`)."""
         teacher_out, teacher_features = self.teacher_outputs(noisy)
         module = self.local_module if local else self.module
-        return module(noisy, clean, teacher_out, teacher_features)
+        return module(noisy, clean, teacher_out, teacher_features, labelled)
 
 
 @dataclass
@@ -94,13 +110,19 @@ class Parts:
 
 
 def dataset(config: Config, split: str) -> Dataset:
-    """A split of the config's dataset (``selib.data.get_dataset``; training: fixed segments)."""
+    """A split of the config's dataset (``selib.data.get_dataset``; training: fixed segments, and with
+    ``data.transfer`` a transfer item beside every labelled one)."""
     from selib.data import get_dataset
 
     data = config.data
     segment = data.segment_seconds if split == "train" else None
-    return get_dataset(data.name, split, root=data.root, segment_seconds=segment, seed=config.seed,
-                       limit=data[f"{split}_limit"])
+    items = get_dataset(data.name, split, root=data.root, segment_seconds=segment, seed=config.seed,
+                        limit=data[f"{split}_limit"])
+    if split != "train" or data.transfer is None:
+        return items
+    from selib.data.transfer import WithTransfer, transfer_set
+
+    return WithTransfer(items, transfer_set(data.transfer, data, config.seed), config.seed)
 
 
 def build(config: Config, device: torch.device, train_set: Dataset | None = None, world: int = 1,
@@ -123,8 +145,9 @@ def build(config: Config, device: torch.device, train_set: Dataset | None = None
     if cfg.optim.compile:   # in place: the state dict keeps its keys, so checkpoints do not change
         for model in (student, teacher) if teacher is not None else (student,):
             model.compile()
+    rows = data.batch_size // world * (2 if data.transfer is not None else 1)   # transfer rows follow
     distiller = kd.build(cfg.kd.method, student, teacher, weight=cfg.kd.weight, options=dict(cfg.kd.options),
-                         se_loss=cfg.loss.se, batch_size=data.batch_size // world,
+                         se_loss=cfg.loss.se, batch_size=rows,
                          segment_samples=int(round(data.segment_seconds * student.sample_rate))).to(device)
     frozen = {id(p) for p in student.parameters()}
     frozen |= {id(p) for p in teacher.parameters()} if teacher is not None else set()

@@ -116,7 +116,10 @@ class Trainer:
         cfg = self.cfg
         self._log(f"training {cfg.name}: {cfg.model.family} {cfg.model.preset} ({self.student.n_params:,} "
                   f"parameters), kd {cfg.kd.method}, {self.n_batches} batches of {cfg.data.batch_size} per "
-                  f"epoch, {self.world} process(es), {self.device}")
+                  f"epoch, {self.world} process(es), {self.device}"
+                  + (f"; transfer set: {cfg.data.transfer}" if cfg.data.transfer is not None else "")
+                  + (f"; KD alone for the first {cfg.kd.pretrain_share:.0%} of the steps"
+                     if cfg.kd.schedule == "two-step" else ""))
         self._balance_if_due()
         try:      # batch > 0: an epoch left open by a kill
             while self.epoch < cfg.optim.epochs and self.step < self.total_steps or self.batch > 0:
@@ -184,12 +187,17 @@ class Trainer:
     def _student_params(self) -> list[nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
 
+    def supervised(self, step: int) -> bool:
+        """Whether step ``step`` (0-based) trains on ``L_SE`` too: not in the KD-only first
+        ``kd.pretrain_share`` of the steps of ``kd.schedule: two-step``."""
+        kd_cfg = self.cfg.kd
+        return kd_cfg.schedule != "two-step" or step >= round(kd_cfg.pretrain_share * self.total_steps)
+
     def _train_step(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        noisy = batch["noisy"].to(self.device, non_blocking=True)
-        clean = batch["clean"].to(self.device, non_blocking=True)
+        noisy, clean, labelled = self.training_step.inputs(batch, self.device)
         with self.training_step.autocast():
-            se, kd_loss, logged = self.training_step.losses(noisy, clean)
-            loss = self.distiller.combine(se, kd_loss)
+            se, kd_loss, logged = self.training_step.losses(noisy, clean, labelled=labelled)
+            loss = self.distiller.combine(se, kd_loss, supervised=self.supervised(self.step))
         self._check_finite(loss)
         if kd_loss is not None and self.batch == 0:
             self.running["grad_norms"] = grad_norms(se, kd_loss, self._student_params(), self.world)
