@@ -1,4 +1,4 @@
-"""Throughput of selib.metrics.evaluate against a plain per-utterance loop over the packages.
+"""Throughput of selib.evaluation.evaluate against a plain per-utterance loop over the packages.
 
 Scores the noisy mixtures of the embedded test set against their clean references with every default
 metric (PESQ-WB/NB, STOI, ESTOI, SI-SDR, CSIG/CBAK/COVL, SSNR) and prints utterances per second for:
@@ -30,7 +30,7 @@ import pesq
 import pystoi
 import results_md
 
-from selib import metrics
+from selib import evaluation, metrics
 
 TARGET = 1.8  # the process pool over the plain loop, on 2 cores
 
@@ -98,8 +98,8 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"data: {source}: {len(items)} utterances, {seconds:.1f} s of audio; {cores} cores")
 
-    runs = {"loop": (plain_loop, items), "serial": (metrics.evaluate, items, metrics.DEFAULT_METRICS, 1),
-            "pool": (metrics.evaluate, items, metrics.DEFAULT_METRICS, args.workers)}
+    runs = {"loop": (plain_loop, items), "serial": (evaluation.evaluate, items, evaluation.DEFAULT_METRICS, 1),
+            "pool": (evaluation.evaluate, items, evaluation.DEFAULT_METRICS, args.workers)}
     best = {}
     for round_ in range(args.repeats + 1):           # round 0 warms up (imports, caches, page faults)
         for name, call in runs.items():

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 import results_md
-import torch
 
 from selib.models import build
 from selib.profile import step_times

@@ -87,8 +87,7 @@ def _print_summary(summary: dict) -> None:
 def cmd_eval(args) -> None:
     from selib import data
     from selib.checkpoints import load_model
-    from selib.evaluation import enhance_and_score
-    from selib.metrics import validate_metrics
+    from selib.evaluation import enhance_and_score, validate_metrics
 
     if args.metrics:
         validate_metrics(args.metrics)

@@ -1,7 +1,7 @@
 """What the whole library agrees on, in one module that imports nothing (so that checking a config or
 parsing a command line does not load torch or the data pipelines). The modules that implement each
-name list check against it: ``selib.models`` (families), ``selib.kd`` (methods), ``selib.metrics``,
-``selib.losses`` and ``selib.data`` (datasets)."""
+name list check against it: ``selib.models`` (families), ``selib.kd`` (methods), ``selib.evaluation``
+(metrics), ``selib.losses`` and ``selib.data`` (datasets)."""
 
 SAMPLE_RATE = 16000                             # Hz: every model, metric and corpus in selib
 SPLITS = ("train", "valid", "test")             # the splits of every dataset (docs/datasets.md)

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from selib import metrics
 from selib.audio import AudioError, check_output_path, load, resample, save
 from selib.data.datasets import FilePairs
+from selib.evaluation import evaluate
 
 from bad_input import file_size_limit, flip_byte
 
@@ -164,7 +164,7 @@ def test_an_unreadable_corpus_file_fails_only_its_own_item(tmp_path):
 @pytest.mark.parametrize("workers", [1, 2])   # statuses cross into worker processes with two
 def test_constant_reference_is_a_silent_reference(workers):
     est = np.random.default_rng(0).standard_normal(16000) * 0.1
-    result = metrics.evaluate([("dc", est, np.full(16000, 0.3)), ("zero", est, np.zeros(16000))],
-                              metrics=("si_sdr", "stoi"), workers=workers)
+    result = evaluate([("dc", est, np.full(16000, 0.3)), ("zero", est, np.zeros(16000))],
+                      metrics=("si_sdr", "stoi"), workers=workers)
     assert {row[f"{m}_status"] for row in result.rows for m in ("si_sdr", "stoi")} == {"silent_reference"}
     assert "constant" in result.rows[0]["si_sdr_reason"]

@@ -6,7 +6,7 @@ import copy
 import pytest
 import yaml
 
-from selib import kd, losses, metrics, models
+from selib import evaluation, kd, losses, models
 from selib.config import DEFAULTS, Config, ConfigError, load
 from selib.runs import RunDir
 
@@ -62,7 +62,7 @@ def test_unknown_keys_name_the_file_the_key_and_the_valid_keys(tmp_path, data, o
     ("model.preset", "huge", ", ".join(sorted(models.presets("dccrn")))),
     ("kd.method", "attention", ", ".join(kd.METHODS)),
     ("loss.se", "l1", ", ".join(losses.LOSSES)),
-    ("eval.metrics", ["pesq"], ", ".join(metrics.METRICS)),
+    ("eval.metrics", ["pesq"], ", ".join(evaluation.METRICS)),
     ("optim.lr", -1.0, "must be a number > 0"),
     ("optim.epochs", True, "must be an integer >= 1"),
     ("data.batch_size", 0, "must be an integer >= 1"),

@@ -4,7 +4,6 @@ Every corpus here is really built (eSpeak NG worker processes, WAV files on disk
 """
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import numpy as np

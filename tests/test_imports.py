@@ -1,6 +1,6 @@
 """The shape of the library: no import loops in ``selib`` (read from the source with ``ast``, imports
-inside functions included: a loop broken only at run time by a late import is still a loop), and
-checking a config loads no torch."""
+inside functions included: a loop broken only at run time by a late import is still a loop), no module
+over 450 lines and a ``Trainer`` class under 250 (issue 22), and checking a config loads no torch."""
 from __future__ import annotations
 
 import ast
@@ -10,6 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "selib"
+MODULE_LINES = 450    # the most lines a module of selib may have
+TRAINER_LINES = 250   # the Trainer class stays under this many lines
 
 
 def _modules() -> dict[str, Path]:
@@ -76,6 +78,20 @@ def test_selib_has_no_import_loop():
 def test_the_loop_finder_finds_a_loop():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_module_is_over_the_line_limit():
+    sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in _modules().items()}
+    assert len(sizes) > 20 and "selib.train.trainer" in sizes           # the walk found the package
+    long = {name: n for name, n in sorted(sizes.items()) if n > MODULE_LINES}
+    assert not long, f"modules over {MODULE_LINES} lines (split them by what they serve): {long}"
+
+
+def test_the_trainer_class_is_under_its_line_limit():
+    tree = ast.parse((PACKAGE / "train" / "trainer.py").read_text(encoding="utf-8"))
+    trainer = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Trainer")
+    lines = trainer.end_lineno - trainer.lineno + 1
+    assert lines < TRAINER_LINES, f"Trainer is {lines} lines; move a part it only calls into selib/train/"
 
 
 def test_checking_a_config_imports_no_torch():

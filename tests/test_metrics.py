@@ -1,5 +1,6 @@
 """Tests of selib.metrics: spec test vectors, identities, agreement with the pesq/pystoi packages,
-independent re-implementations of the Loizou measures, and evaluate()'s per-utterance statuses."""
+independent re-implementations of the Loizou measures, and selib.evaluation.evaluate()'s per-utterance
+statuses."""
 import csv
 import json
 import math
@@ -12,6 +13,7 @@ import scipy.linalg
 import torch
 from scipy import signal
 
+from selib import evaluation as E
 from selib import metrics as M
 import reference  # tests/helpers: independent numpy references
 
@@ -207,7 +209,7 @@ def test_frame_measures_match_loop_implementations(clean):
 def test_evaluate_parallel_in_order_and_monotonic_in_snr(clean):
     snrs = [0, 5, 10, 20]
     items = [(f"snr{s}", at_snr(clean, s), clean) for s in snrs]  # one noise, scaled
-    result = M.evaluate(items, metrics=M.DEFAULT_METRICS + ("llr", "wss"), workers=2)
+    result = E.evaluate(items, metrics=E.DEFAULT_METRICS + ("llr", "wss"), workers=2)
     assert [row["id"] for row in result.rows] == [f"snr{s}" for s in snrs]
     assert all(row[f"{m}_status"] == "ok" for row in result.rows for m in result.metrics)
     for name in ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "csig", "cbak", "covl", "ssnr"):
@@ -236,15 +238,15 @@ def test_evaluate_workers_run_one_thread_each():
     # made the pool no faster than one process (benchmarks/bench_metrics.py).
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, initializer=M._init_worker) as pool:
+    with ProcessPoolExecutor(1, initializer=E._init_worker) as pool:
         torch_threads, blas_threads = pool.submit(_thread_counts).result()
     assert torch_threads == 1 and blas_threads == {1}
 
 
 def test_estoi_in_evaluate_is_reproducible_per_utterance(clean):
     items = [("a", at_snr(clean, 0, seed=2), clean), ("b", at_snr(clean, 3, seed=3), clean)]
-    forward = M.evaluate(items, metrics=("estoi",), workers=1)
-    backward = M.evaluate(items[::-1], metrics=("estoi",), workers=1)
+    forward = E.evaluate(items, metrics=("estoi",), workers=1)
+    backward = E.evaluate(items[::-1], metrics=("estoi",), workers=1)
     assert forward.rows[0]["estoi"] == backward.rows[1]["estoi"]
     assert forward.rows[1]["estoi"] == backward.rows[0]["estoi"]
 
@@ -268,20 +270,20 @@ def test_evaluate_records_each_failure_and_scores_the_rest(clean, tmp_path, work
         ("ok2", torch.from_numpy(at_snr(clean, 20)).float(), torch.from_numpy(clean).float()),
         {"id": "lost", "status": "unreadable", "reason": "lost.wav: cannot be read as audio"},
     ]
-    result = M.evaluate(items, workers=workers, csv_path=tmp_path / "scores.csv",
+    result = E.evaluate(items, workers=workers, csv_path=tmp_path / "scores.csv",
                         json_path=tmp_path / "out" / "metrics.json")
     rows = {row["id"]: row for row in result.rows}
     # nonfinite_output is given by enhance_and_score like unreadable here (tests/test_bad_eval.py)
-    statuses = {row[f"{m}_status"] for row in result.rows for m in M.DEFAULT_METRICS}
+    statuses = {row[f"{m}_status"] for row in result.rows for m in E.DEFAULT_METRICS}
     assert statuses == set(M.STATUSES) - {"nonfinite_output"}
     assert rows["lost"]["csig_reason"] == "lost.wav: cannot be read as audio"
     assert math.isnan(rows["lost"]["csig"])
     for uid in ("ok1", "ok2"):
-        assert all(rows[uid][f"{m}_status"] == "ok" for m in M.DEFAULT_METRICS)
+        assert all(rows[uid][f"{m}_status"] == "ok" for m in E.DEFAULT_METRICS)
     for uid, status in (("silent", "silent_reference"), ("nan", "nonfinite_input"),
                         ("mismatch", "length_mismatch"), ("rate8k", "wrong_rate")):
-        assert {rows[uid][f"{m}_status"] for m in M.DEFAULT_METRICS} == {status}, uid
-        assert all(math.isnan(rows[uid][m]) for m in M.DEFAULT_METRICS)
+        assert {rows[uid][f"{m}_status"] for m in E.DEFAULT_METRICS} == {status}, uid
+        assert all(math.isnan(rows[uid][m]) for m in E.DEFAULT_METRICS)
     assert rows["short"]["pesq_wb_status"] == "too_short" and rows["short"]["csig_status"] == "too_short"
     assert rows["short"]["stoi_status"] == "too_few_frames" and rows["short"]["si_sdr_status"] == "ok"
     assert rows["burst"]["pesq_wb_status"] == "no_utterance" and rows["burst"]["covl_status"] == "no_utterance"
@@ -321,8 +323,8 @@ def test_direct_calls_raise_clear_errors(clean):
     with pytest.raises(ValueError, match="1-D"):
         M.si_sdr(clean[None], clean[None])
     with pytest.raises(ValueError, match="choose from"):
-        M.evaluate([("a", clean, clean)], metrics=("pesq",))
+        E.evaluate([("a", clean, clean)], metrics=("pesq",))
     with pytest.raises(ValueError, match="item 0"):
-        M.evaluate([("a", clean)])
+        E.evaluate([("a", clean)])
     with pytest.raises(ValueError, match="workers"):
-        M.evaluate([("a", clean, clean)], workers=0)
+        E.evaluate([("a", clean, clean)], workers=0)

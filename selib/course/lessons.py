@@ -164,15 +164,15 @@ def test_summary(model, config: Mapping[str, Any]) -> dict[str, dict]:
     """``model`` scored on the test utterances of a lesson ``config`` (its dataset, ``data.test_limit``
     and ``eval.metrics``) with :func:`selib.evaluation.enhance_and_score`, as :meth:`selib.train.Trainer.test`
     scores a student: the ``summary`` of the evaluation. ``model=None`` scores the noisy input itself."""
-    from selib import data, metrics
-    from selib.evaluation import enhance_and_score
+    from selib import data
+    from selib.evaluation import enhance_and_score, evaluate
 
     spec, names, workers = config["data"], tuple(config["eval"]["metrics"]), config["eval"]["workers"]
     test = data.get_dataset(spec["name"], "test", root=spec["root"], limit=spec["test_limit"])
     if model is not None:
         return enhance_and_score(model, test, names, workers=workers)[0].summary
     items = [(item["id"], item["noisy"].numpy(), item["clean"].numpy()) for item in test]
-    return metrics.evaluate(items, metrics=names, workers=workers).summary
+    return evaluate(items, metrics=names, workers=workers).summary
 
 
 def listen(models: Mapping[str, Any], config: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
