@@ -6,9 +6,9 @@ docs/kd.md, "Weights that mean the same ...").
 gradient norm (student parameters, mean over the first ``kd.balance_batches`` batches of epoch 0, no
 update), measured before the first step or, with ``kd.balance_at: N``, after N steps trained with
 ``kd.weight`` (an untrained student's gradients can mislead); the Trainer stores it in the checkpoints
-and logs it. On the first batch of every epoch the history records ``grad_se_norm``, ``grad_kd_norm``
-(of the unweighted KD term) and ``grad_ratio`` = ``kd_weight * grad_kd_norm / grad_se_norm`` (two extra
-backward passes per epoch).
+and logs it. On the first batch of every epoch that validates (``eval.every_epochs``) the history
+records ``grad_se_norm``, ``grad_kd_norm`` (of the unweighted KD term) and ``grad_ratio`` =
+``kd_weight * grad_kd_norm / grad_se_norm`` (two extra backward passes each time).
 """
 from __future__ import annotations
 

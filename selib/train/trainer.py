@@ -199,7 +199,7 @@ class Trainer:
             se, kd_loss, logged = self.training_step.losses(noisy, clean, labelled=labelled)
             loss = self.distiller.combine(se, kd_loss, supervised=self.supervised(self.step))
         self._check_finite(loss)
-        if kd_loss is not None and self.batch == 0:
+        if kd_loss is not None and self.batch == 0 and (self.epoch + 1) % self.cfg.eval.every_epochs == 0:
             self.running["grad_norms"] = grad_norms(se, kd_loss, self._student_params(), self.world)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
