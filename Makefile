@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: setup quickstart teachers scaling test test-fast lab notebooks bench bench-env exercises book
+.PHONY: setup quickstart teachers scaling regimes test test-fast lab notebooks bench bench-env exercises book
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ teachers: setup
 scaling: setup
 	$(BIN)/python tools/scaling.py train --workers 2
 	$(BIN)/python tools/scaling.py summary
+
+# The regime map (configs/regimes/*.yaml but the CI smoke grid; docs/regimes.md; hours on 2 cores, resumable):
+# runs/regimes/<grid>/, then the summary in benchmarks/results/regimes/<grid>/.
+regimes: setup
+	for grid in configs/regimes/*.yaml; do \
+	  [ "$$(basename $$grid)" = smoke.yaml ] || $(BIN)/selib regimes "$$grid" --jobs 2 || exit 1; \
+	done
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests

@@ -193,6 +193,16 @@ def cmd_quickstart(args) -> None:
     quickstart(args.runs_root, args.seeds, args.data_root, results=args.results, jobs=args.jobs)
 
 
+def cmd_regimes(args) -> None:
+    from selib.course.regimes import run_grid
+
+    command = "selib regimes " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["regimes"] else [args.grid])
+    result = run_grid(args.grid, args.runs_root, args.results, args.jobs, _overrides(args.set),
+                      args.summary_only, command)
+    if result["failed"]:
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selib", description="Knowledge distillation for speech "
                                      "enhancement: data, training, evaluation, experiments.")
@@ -295,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="also copy the report files here (make quickstart: "
                    "benchmarks/results/quickstart)")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("regimes", help="when does distillation help: run and summarise a regime grid",
+                       description="Expand GRID.yaml (configs/regimes/; docs/regimes.md) into one run per "
+                       "(family, cell, method or scratch, seed), train the unfinished ones (resumable) and "
+                       "write summary.json/.md, map.png and curves.png.")
+    p.add_argument("grid", metavar="GRID.yaml")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process (default %(default)s)")
+    p.add_argument("--runs-root", help="run folders (default runs/regimes/<grid name>)")
+    p.add_argument("--results", help="summary folder (default benchmarks/results/regimes/<grid name>)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run, e.g. "
+                   "data.root=/tmp/embedded (repeatable)")
+    p.add_argument("--summary-only", action="store_true", help="train nothing; summarise the finished runs")
+    p.set_defaults(func=cmd_regimes)
     return parser
 
 

@@ -54,7 +54,7 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
-def _fmt_interval(mean: float, low: float, high: float, digits: int = 3) -> str:
+def fmt_interval(mean: float, low: float, high: float, digits: int = 3) -> str:
     if not math.isfinite(mean):
         return "—"
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
@@ -109,7 +109,7 @@ def run_roles(configs: dict[Path, object]) -> dict[Path, str]:
             for run_dir, config in configs.items()}
 
 
-def _scores(run_dir: Path) -> dict[str, dict[str, float]]:
+def read_scores(run_dir: Path) -> dict[str, dict[str, float]]:
     """Per-utterance scores of a run's ``scores.csv``: metric -> {utterance id: value} (status ok only)."""
     path = RunDir(run_dir).scores
     if not path.is_file():
@@ -178,21 +178,31 @@ def paired_statistics(finished: list[dict], roles: dict[Path, str], n_boot: int 
     return rows, notes
 
 
-def _paired_rows(name, triples, paired_bootstrap, n_boot, seed) -> list[dict]:
-    scores = [tuple(_scores(r["dir"]) if r is not None else None for r in triple) for triple in triples]
+def paired_matrices(scores: list[tuple]) -> dict[str, tuple[list[str], np.ndarray, np.ndarray | None]]:
+    """``metric -> (ids, diff, gap)`` from one ``(KD, scratch, teacher or None)`` triple of
+    :func:`read_scores` results per seed: the utterances scored ``ok`` by every run, the seeds ×
+    utterances matrix KD − scratch and, when every seed has a teacher, teacher − scratch (else None)."""
     with_teacher = all(t is not None for *_, t in scores)
-    snr = _snr_of(triples[0][0]["config"])
-    rows = []
+    out = {}
     for metric in [m for m in scores[0][0] if all(m in k and m in s for k, s, _ in scores)]:
         ids = set.intersection(*(set(k[metric]) & set(s[metric]) for k, s, _ in scores))
         if with_teacher:
             ids &= set.intersection(*(set(t.get(metric, {})) for *_, t in scores))
         ids = sorted(ids)
-        if not ids:
-            continue
-        diff = np.array([[k[metric][u] - s[metric][u] for u in ids] for k, s, _ in scores])
-        gap = (np.array([[t[metric][u] - s[metric][u] for u in ids] for _, s, t in scores])
-               if with_teacher else None)
+        if ids:
+            diff = np.array([[k[metric][u] - s[metric][u] for u in ids] for k, s, _ in scores])
+            gap = (np.array([[t[metric][u] - s[metric][u] for u in ids] for _, s, t in scores])
+                   if with_teacher else None)
+            out[metric] = (ids, diff, gap)
+    return out
+
+
+def _paired_rows(name, triples, paired_bootstrap, n_boot, seed) -> list[dict]:
+    scores = [tuple(read_scores(r["dir"]) if r is not None else None for r in triple) for triple in triples]
+    with_teacher = all(t is not None for *_, t in scores)
+    snr = _snr_of(triples[0][0]["config"])
+    rows = []
+    for metric, (ids, diff, gap) in paired_matrices(scores).items():
         groups = [("all", np.arange(len(ids)))]
         groups += [(value, np.array([i for i, u in enumerate(ids) if snr.get(u) == value]))
                    for value in sorted({snr[u] for u in ids if u in snr})]
@@ -294,9 +304,9 @@ def _write_markdown(table, paired, notes, failed, metric_names, path: Path, n_bo
             rows = {p["metric"]: p for p in overall if p["name"] == name}
             first = next(iter(rows.values()))
             cells = [name, first["scratch"], f"{first['n_seeds']} × {first['n_utterances']}"]
-            cells += [_fmt_interval(*(rows[m][k] for k in ("diff_mean", "diff_low", "diff_high")))
+            cells += [fmt_interval(*(rows[m][k] for k in ("diff_mean", "diff_low", "diff_high")))
                       if m in rows else "—" for m in shown]
-            cells += [_fmt_interval(*(rows[m][k] for k in ("gap_closed", "gap_closed_low", "gap_closed_high")), 2)
+            cells += [fmt_interval(*(rows[m][k] for k in ("gap_closed", "gap_closed_low", "gap_closed_high")), 2)
                       if m in rows else "—" for m in shown]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Δ: mean over seeds and utterances of (KD student − scratch student of the same seed) on "
@@ -315,7 +325,7 @@ def _write_markdown(table, paired, notes, failed, metric_names, path: Path, n_bo
             for name in names:
                 cells = {p["snr_db"]: p for p in by_snr if p["name"] == name}
                 lines.append("| " + " | ".join([name] + [
-                    _fmt_interval(cells[s]["diff_mean"], cells[s]["diff_low"], cells[s]["diff_high"])
+                    fmt_interval(cells[s]["diff_mean"], cells[s]["diff_low"], cells[s]["diff_high"])
                     if s in cells else "—" for s in snrs]) + " |")
     if notes:
         lines += ["", "## Not paired", ""] + [f"- {n}" for n in notes]

@@ -4,12 +4,14 @@
 A run folder is ``<runs root>/<name>-s<seed>``. :class:`selib.train.Trainer` writes ``config.yaml``,
 ``last.pt``, ``best.pt``, ``history.json`` and ``train.log`` into it, ``Trainer.test`` ``metrics.json``
 and ``scores.csv``; a papermill run adds ``params.yaml``, ``train.ipynb`` and ``papermill.log``, an
-in-process run that fails ``error.log``; a failed run of either kind leaves ``FAILED``.
+in-process run that fails ``error.log``; a failed run of either kind leaves ``FAILED``. ``.lock`` is
+held (``flock``) by the process executing the run.
 """
 from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ class RunDir:
         self.papermill_log = self.path / "papermill.log"
         self.error_log = self.path / "error.log"
         self.failed = self.path / "FAILED"
+        self.lock = self.path / ".lock"
 
     @classmethod
     def of(cls, config, root: str | Path = "runs") -> "RunDir":
@@ -69,6 +72,21 @@ class RunDir:
         """Create the folder and clear an earlier failure, before a (re)try."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.failed.unlink(missing_ok=True)
+
+    @contextmanager
+    def claim(self):
+        """Hold ``.lock`` while the run executes: yields True, or False when another process holds it
+        (POSIX ``flock``: the lock goes with the process that held it, however it ended)."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
 
     def fail(self, reason: str, log: Path, **extra: Path) -> None:
         """Record a failure: its one-line reason, the log that holds the details, and any other files."""

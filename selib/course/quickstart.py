@@ -2,13 +2,11 @@
 ``11_results_and_deployment`` reads its report)."""
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 from selib.course import teachers
 from selib.report import report
-from selib.runner import execute
+from selib.runner import execute, workers
 from selib.runs import RunDir, run_name
 
 COURSE_CONFIGS = teachers.REPO_ROOT / "configs" / "course"
@@ -39,7 +37,7 @@ def quickstart(runs_root: str | Path = "runs", seeds=(0, 1, 2), data_root: str |
     configs = sorted(Path(configs_dir).glob("*.yaml"))
     if not configs:
         raise FileNotFoundError(f"{configs_dir}: no course configs (*.yaml) found.")
-    with _workers(jobs) as run_all:     # with jobs > 1, torch is imported by the fork server only
+    with workers(jobs) as run_all:     # with jobs > 1, torch is imported by the fork server only
         print(f"corpus: {run_all(_build_corpus, [str(data_root)])[0]}", flush=True)
         students, checkpoints = run_all(_plan, [(configs, seeds, data_override)])[0]
         run_all(_ship_teacher, [(c, runs_root / "teachers", data_override) for c in checkpoints if not c.is_file()])
@@ -68,28 +66,6 @@ def _ship_students(job: tuple[list[dict], int, Path, Path]) -> None:
         run = RunDir(runs_root / run_name(cfg["name"], cfg["seed"]))
         if cfg["seed"] == seed and run.best.is_file():
             save_model_only(run.best, folder / f"{run.name}.pt")
-
-
-@contextmanager
-def _workers(jobs: int):
-    """``run_all(fn, items) -> [fn(item), ...]``: in this process (``jobs == 1``), or in ``jobs`` worker
-    processes with an equal share of the CPU threads and a fresh process for every item, so that no
-    run's memory outlives it and this process stays small. The workers are forked from a fork server
-    that has imported what a run imports once (and never runs an operator, so forking it is safe): they
-    share those ~0.9 GB of pages instead of each importing its own copy."""
-    if jobs <= 1:
-        yield lambda fn, items: [fn(item) for item in items]
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("forkserver")
-    # torch._dynamo (with sympy and triton, ~0.18 GB): torch.optim imports it at the first optimizer
-    context.set_forkserver_preload(["torch", "torch._dynamo", "selib.data", "selib.models", "selib.kd",
-                                    "selib.train", "selib.metrics"])
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, context, _set_threads, (threads,), max_tasks_per_child=1) as pool:
-        yield lambda fn, items: list(pool.map(fn, items))
 
 
 def _build_corpus(root: str) -> Path:
@@ -140,11 +116,3 @@ def _run(job: tuple[dict, Path, Path | None]) -> dict:
     config, runs_root, checkpoint = job
     cfg = load(config)
     return execute(cfg, RunDir.of(cfg, runs_root), "process", checkpoint=checkpoint)
-
-
-def _set_threads(threads: int) -> None:
-    """Worker start-up: ``threads`` torch and BLAS threads."""
-    import torch
-
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
