@@ -21,7 +21,7 @@ SCANNED = ("README.md", "data/README.md", "docs/*.md", "notebooks/*.md", "notebo
            "selib/**/*.py", "configs/**/*.yaml", "tools/*.py", "tests/*.py")
 # Test files whose fixtures cite missing documents on purpose (a broken book link, the checks below).
 NOT_SCANNED = {"tests/test_course.py", "tests/test_docs.py"}
-GENERATED = {"report.md", "summary.md"}  # files selib writes (run folders, results): named in the text, not cited
+GENERATED = {"report.md", "summary.md", "scaling.md"}  # files selib writes (run folders, results): named in the text, not cited
 
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s)\]>\"'`]+", re.IGNORECASE)
 _CITATION = re.compile(r"(?<![\w./{}-])((?:\.{1,2}/)*[\w.-]+(?:/[\w.-]+)*\.md)(?:#([\w-]+))?(?!\w)")
