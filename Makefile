@@ -7,9 +7,15 @@ export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 2
 
-.PHONY: setup quickstart teachers scaling regimes test test-fast lab notebooks bench bench-env exercises book
+.PHONY: setup quickstart teachers scaling regimes test test-fast lab notebooks bench bench-env exercises book book-check
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/share/mathjax/tex-chtml-full.js
+
+# MathJax for the book (served from the built book, so its formulas render offline): the official npm
+# package, pinned and hash-checked by tools/course.py. Without npm, setup goes on and says so; the book then
+# loads MathJax from a CDN.
+$(VENV)/share/mathjax/tex-chtml-full.js: | $(VENV)/.installed
+	$(BIN)/python tools/course.py mathjax || echo "setup: no MathJax for the book (see above); everything else is installed"
 
 # Re-installs only when the package description changes.
 $(VENV)/.installed: pyproject.toml
@@ -63,6 +69,11 @@ exercises: setup
 # The course as a static site from the committed, executed notebooks (no execution): build/book/html.
 book: setup
 	$(BIN)/python tools/course.py book
+
+# Every page of the built book in headless Chromium, with the network cut off: formulas typeset by the
+# bundled MathJax, listening rows and equations inside the content column at 1366 px (needs chromium).
+book-check: book
+	$(BIN)/python tools/check_book.py
 
 # The reference implementations that benchmarks/bench_vs_reference.py times selib against (asteroid,
 # group `bench` of pyproject.toml) live in their own environment, so that .venv stays as tested.

@@ -177,6 +177,27 @@ def test_listen_plays_and_returns_each_models_output_on_one_utterance(budget, st
     assert f"SI-SDR {snr:.1f} dB" in html
 
 
+def test_audio_row_plays_every_clip_at_one_gain_in_a_wrapping_grid():
+    import base64
+    import io
+    import re
+
+    import soundfile as sf
+
+    quiet, loud = 0.05 * np.sin(np.arange(1600) / 5.0), 0.4 * np.sin(np.arange(1600) / 7.0)
+    html = lessons.audio_row({"quiet <student>": quiet, "loud": loud}, 16000, notes={"loud": "SI-SDR 3.0 dB"})
+    # One gain for the row: the loudest clip peaks at PEAK and the quiet one keeps its level relative to it.
+    assert lessons.common_gain({"a": quiet, "b": loud}) == pytest.approx(lessons.PEAK / np.abs(loud).max())
+    played = [sf.read(io.BytesIO(base64.b64decode(b64)))[0] for b64 in re.findall(r"base64,([A-Za-z0-9+/=]+)", html)]
+    assert len(played) == 2
+    assert np.abs(played[1]).max() == pytest.approx(lessons.PEAK, abs=1e-4)
+    assert np.abs(played[0]).max() / np.abs(played[1]).max() == pytest.approx(np.abs(quiet).max() / np.abs(loud).max(), rel=1e-3)
+    # Laid out to fit a narrow column: a wrapping grid of cards, players as wide as their card, labels escaped.
+    assert "<table" not in html and "display:grid" in html and "auto-fill" in html
+    assert html.count("<audio style='width:100%") == 2 and "quiet &lt;student&gt;" in html and "SI-SDR 3.0 dB" in html
+    assert lessons.common_gain({"silence": np.zeros(10)}) == 1.0
+
+
 def test_quickstart_report_missing_or_foreign(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"report.json: the quick start's results are missing; run `make quickstart`"):
         lessons.quickstart_report(tmp_path / "report.json")

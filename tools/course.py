@@ -13,19 +13,28 @@ lesson is derived from it:
 The book (Jupyter Book 1.x) is built from the committed, executed lessons without running them: the
 files it needs are staged under ``build/book/src``, where solution cells are collapsed (tag
 ``hide-input``) and, when ``repository.url`` in ``book/_config.yml`` is set, each lesson's Binder badge
-links to a launch of that lesson.
+links to a launch of that lesson. Besides the lessons the book shows the reference pages of
+``BOOK_PAGES`` and one page cut from the README (its "When and why" section). Nothing in the built book
+is fetched from the network: the Binder badge is ``binder/badge.svg`` and MathJax is served from the
+book's ``_static/mathjax`` (the official ``mathjax`` npm package, fetched once by ``make setup`` with
+``python tools/course.py mathjax``; ``tools/check_book.py`` checks the pages in a browser with the
+network cut off).
 
     python tools/course.py exercises [--check]   # writes notebooks/exercises/NN_*_ex.ipynb
+    python tools/course.py mathjax               # fetches MathJax for the book into .venv/share/mathjax
     python tools/course.py book                  # stages build/book/src and builds build/book/html
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import urllib.parse
 from pathlib import Path
 
@@ -40,8 +49,18 @@ SCAFFOLD_MARKER = "# --- solution ---"
 RELATIVE_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|#|/)([^)\s]+\.(?:md|ipynb|png|svg|jpg|yaml|py)(?:#[^)\s]*)?)\)")
 BINDER_LINK = "(../binder/README.md)"
 # Files the book shows besides the lessons (paths relative to the repository root).
-BOOK_PAGES = ["notebooks/README.md", "notebooks/course_quiz.md", "binder/README.md", "docs/kd.md",
-              "docs/models.md", "docs/metrics.md", "docs/datasets.md"]
+BOOK_PAGES = ["notebooks/README.md", "notebooks/course_quiz.md", "binder/README.md", "binder/badge.svg",
+              "docs/notation.md", "docs/glossary.md", "docs/kd.md", "docs/models.md", "docs/metrics.md",
+              "docs/datasets.md", "docs/validation-log.md"]
+# The README section the book shows as a page of its own (staged at the root, so its links stay valid).
+README_SECTIONS = {"when_and_why": ("**When and why, from the validation runs**", "**Cost**",
+                                       "# When and why, from the validation runs")}
+# MathJax for the book, from the official npm package (Apache-2.0): the one combined TeX→CommonHTML
+# component and its fonts, checked against the hash of the release's file.
+MATHJAX_VERSION = "3.2.2"
+MATHJAX_SHA256 = "91b005503c5d1f0958bf4d73ada1a3be33596b2c4ab5da22277f1b0d3149b5a4"   # es5/tex-chtml-full.js
+MATHJAX_FILES = ("es5/tex-chtml-full.js", "es5/output/chtml/fonts/woff-v2/", "LICENSE")
+MATHJAX_DIR = ROOT / ".venv" / "share" / "mathjax"
 
 
 def lessons(root: Path = ROOT) -> list[Path]:
@@ -112,8 +131,67 @@ def _binder_launch(repository_url: str, lesson: str) -> str:
     return f"https://mybinder.org/v2/{spec}?labpath=" + urllib.parse.quote(f"notebooks/{lesson}", safe="")
 
 
-def stage_book(root: Path, src: Path) -> None:
-    """Copy what the book shows into ``src``: config, table of contents, pages and lessons (solutions collapsed)."""
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def mathjax_ready(where: Path = MATHJAX_DIR) -> bool:
+    """Whether ``where`` holds the pinned MathJax release (its combined component, by hash, and fonts)."""
+    script = where / "tex-chtml-full.js"
+    return script.is_file() and _sha256(script) == MATHJAX_SHA256 and any((where / "output/chtml/fonts/woff-v2").glob("*.woff"))
+
+
+def fetch_mathjax(where: Path = MATHJAX_DIR) -> int:
+    """Fetch MathJax ``MATHJAX_VERSION`` with ``npm pack`` (the npm registry's tarball, integrity-checked by
+    npm) and keep what the book serves: ``tex-chtml-full.js``, its woff fonts and the licence."""
+    if mathjax_ready(where):
+        print(f"mathjax: {where} already holds MathJax {MATHJAX_VERSION}")
+        return 0
+    npm = shutil.which("npm")
+    if npm is None:
+        print("mathjax: npm not found; install Node.js (Debian: apt-get install npm) and run "
+              "`python tools/course.py mathjax`, or the book's formulas will need the network (see README.md, "
+              "\"The book\").", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([npm, "pack", f"mathjax@{MATHJAX_VERSION}", "--silent", "--pack-destination", tmp],
+                              capture_output=True, text=True)
+        tarballs = list(Path(tmp).glob("mathjax-*.tgz"))
+        if done.returncode != 0 or not tarballs:
+            print(f"mathjax: `npm pack mathjax@{MATHJAX_VERSION}` failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
+            return 1
+        with tarfile.open(tarballs[0]) as tar:
+            members = [m for m in tar.getmembers() if m.isfile()
+                       and any(m.name.removeprefix("package/").startswith(f) for f in MATHJAX_FILES)]
+            tar.extractall(tmp, members=members, filter="data")
+        package = Path(tmp) / "package"
+        if _sha256(package / "es5/tex-chtml-full.js") != MATHJAX_SHA256:
+            print(f"mathjax: es5/tex-chtml-full.js of mathjax@{MATHJAX_VERSION} does not match its pinned hash; "
+                  "nothing installed.", file=sys.stderr)
+            return 1
+        if where.exists():
+            shutil.rmtree(where)
+        shutil.copytree(package / "es5", where)
+        shutil.copy(package / "LICENSE", where / "LICENSE")
+    print(f"mathjax: MathJax {MATHJAX_VERSION} in {where}")
+    return 0
+
+
+def readme_section(text: str, start: str, end: str, title: str) -> str:
+    """The part of the README from the paragraph starting with ``start`` up to ``end``, as a page."""
+    begin = text.index(start)
+    body = text[begin + len(start):text.index(end, begin)]
+    first, rest = body.split("\n", 1)
+    source = re.search(r"\[[^\]]*\]\([^)]*\)", first)
+    return (f"{title}\n\n*From the README of the repository"
+            + (f"; the evidence is in {source.group(0)}" if source else "") + ".*\n\n"
+            + rest.strip() + "\n")
+
+
+def stage_book(root: Path, src: Path, mathjax: Path | None = None) -> None:
+    """Copy what the book shows into ``src``: config, table of contents, pages and lessons (solutions
+    collapsed), the README's sections and MathJax (when ``mathjax`` holds it; otherwise the book links a CDN)."""
+    mathjax = MATHJAX_DIR if mathjax is None else mathjax
     config = yaml.safe_load((root / "book" / "_config.yml").read_text())
     repository_url = (config.get("repository") or {}).get("url") or ""
     if src.exists():
@@ -121,11 +199,24 @@ def stage_book(root: Path, src: Path) -> None:
     (src / "notebooks").mkdir(parents=True)
     if not repository_url:   # the theme's launch buttons need a repository URL
         config.pop("launch_buttons", None)
+    if mathjax_ready(mathjax):   # served from the book itself: formulas render without a network
+        shutil.copytree(mathjax, src / "_static" / "mathjax")
+        sphinx = config.setdefault("sphinx", {}).setdefault("config", {})
+        sphinx["mathjax_path"] = "mathjax/tex-chtml-full.js"
+        sphinx.setdefault("html_static_path", ["_static"])
+    else:
+        print(f"book: no MathJax in {mathjax} (run `python tools/course.py mathjax`); the book's formulas will "
+              "load MathJax from a CDN and need the network", file=sys.stderr)
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copy(root / "book" / "_toc.yml", src / "_toc.yml")
-    for page in BOOK_PAGES:
-        (src / page).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(root / page, src / page)
+    for page in BOOK_PAGES:   # a page the table of contents names but the tree lacks fails the build
+        if (root / page).is_file():
+            (src / page).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / page, src / page)
+    readme = (root / "README.md").read_text() if (root / "README.md").is_file() else ""
+    for name, (start, end, title) in README_SECTIONS.items():
+        if start in readme:
+            (src / f"{name}.md").write_text(readme_section(readme, start, end, title))
     for path in lessons(root):
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
@@ -158,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("exercises", help="derive notebooks/exercises/NN_*_ex.ipynb from the lessons")
     ex.add_argument("--check", action="store_true", help="only report exercise notebooks that are out of date")
+    sub.add_parser("mathjax", help="fetch MathJax for the book (npm) into .venv/share/mathjax")
     bk = sub.add_parser("book", help="build the book from the committed notebooks (no execution)")
     bk.add_argument("--out", type=Path, default=None, help="output folder (default build/book)")
     bk.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
@@ -165,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "exercises":
         return exercises(args.root, check=args.check)
+    if args.command == "mathjax":
+        return fetch_mathjax()
     return book(args.root, args.out)
 
 

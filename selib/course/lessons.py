@@ -175,14 +175,58 @@ def test_summary(model, config: Mapping[str, Any]) -> dict[str, dict]:
     return evaluate(items, metrics=names, workers=workers).summary
 
 
+# A listening row fits the book's content column (about 750 px) at any number of clips: a grid of cards, as many
+# per line as fit at AUDIO_CARD_PX each (two in the book, one on a phone), each player as wide as its card.
+AUDIO_CARD_PX = 300
+PEAK = 0.99   # the loudest clip of a row plays at this peak; the others keep their level relative to it
+
+
+def common_gain(waves: Mapping[str, Any], peak: float = PEAK) -> float:
+    """One gain for every clip of a listening row: the loudest clip's peak is brought to ``peak`` and every
+    other clip is scaled by the same factor, so level differences (a quiet student, a loud noise) stay
+    audible. 1.0 for a row of silence."""
+    import numpy as np
+
+    top = max((float(np.max(np.abs(np.asarray(w)))) if np.size(w) else 0.0) for w in waves.values())
+    return peak / top if top > 0 else 1.0
+
+
+def audio_row(waves: Mapping[str, Any], sample_rate: int = 16000, notes: Mapping[str, str] | None = None,
+              caption: str = "") -> str:
+    """HTML for a row of audio players, one card per clip (label above its player, an optional note such
+    as an SI-SDR under the label), laid out as a wrapping grid that never needs sideways scrolling, and
+    every clip played at one common gain (:func:`common_gain`), not each normalised on its own."""
+    import html
+
+    import numpy as np
+    from IPython.display import Audio
+
+    gain = common_gain(waves)
+    notes = notes or {}
+    cards = []
+    for label, wav in waves.items():
+        scaled = np.clip(np.asarray(wav, dtype=np.float64) * gain, -1.0, 1.0)
+        player = Audio(scaled, rate=sample_rate, normalize=False)._repr_html_()
+        player = player.replace("<audio ", "<audio style='width:100%;max-width:100%' ", 1)
+        note = f"<br><small>{html.escape(notes[label])}</small>" if label in notes else ""
+        cards.append(f"<div class='selib-audio-card' style='min-width:0'><b>{html.escape(label)}</b>{note}"
+                     f"<div>{player}</div></div>")
+    head = f"<p>{html.escape(caption)}</p>" if caption else ""
+    return (f"{head}<div class='selib-audio-row' style='display:grid;gap:0.6em 1em;max-width:100%;"
+            f"grid-template-columns:repeat(auto-fill,minmax(min({AUDIO_CARD_PX}px,100%),1fr))'>"
+            + "".join(cards) + f"</div><p><small>All clips play at one common gain (×{gain:.3g}): "
+            "louder and quieter clips sound as they are.</small></p>")
+
+
 def listen(models: Mapping[str, Any], config: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
     """Hear and see the models side by side on one test utterance of a lesson ``config``: a row of
-    audio players (noisy input, each model's output, clean speech) and their spectrograms, with each
-    output's SI-SDR. ``models`` maps a label to a model or to a run checkpoint (``best.pt``, e.g.
-    ``results["kd"]["checkpoint"]["path"]``). Returns the waveforms by label (numpy, 16 kHz)."""
+    audio players (noisy input, each model's output, clean speech; :func:`audio_row`, one common gain)
+    and their spectrograms, with each output's SI-SDR. ``models`` maps a label to a model or to a run
+    checkpoint (``best.pt``, e.g. ``results["kd"]["checkpoint"]["path"]``). Returns the waveforms by
+    label (numpy, 16 kHz)."""
     import matplotlib.pyplot as plt
     import torch
-    from IPython.display import HTML, Audio, display
+    from IPython.display import HTML, display
 
     from selib import data, metrics, plots
     from selib.checkpoints import load_model
@@ -198,15 +242,17 @@ def listen(models: Mapping[str, Any], config: Mapping[str, Any], index: int = 0)
             waves[label] = model.eval()(item["noisy"][None])[0].numpy()
     waves["clean"] = item["clean"].numpy()
     clean = waves["clean"]
-    cells = "".join(
-        f"<td style='text-align:center'><b>{label}</b><br>"
-        + ("" if label == "clean" else f"SI-SDR {metrics.si_sdr(wav, clean):.1f} dB<br>")
-        + Audio(wav, rate=SAMPLE_RATE, normalize=True)._repr_html_() + "</td>"
-        for label, wav in waves.items())
-    display(HTML(f"<p>test utterance {item['id']}</p><table><tr>{cells}</tr></table>"))
-    fig, axes = plt.subplots(1, len(waves), figsize=(3.2 * len(waves), 2.8), sharey=True, layout="constrained")
-    for ax, (label, wav) in zip(axes, waves.items()):
+    notes = {label: f"SI-SDR {metrics.si_sdr(wav, clean):.1f} dB" for label, wav in waves.items() if label != "clean"}
+    display(HTML(audio_row(waves, SAMPLE_RATE, notes, caption=f"test utterance {item['id']}")))
+    # Three spectrograms per line at most, so the figure keeps readable labels in a 750-pixel column.
+    ncols = min(3, len(waves))
+    nrows = -(-len(waves) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax, (label, wav) in zip(axes.flat, waves.items()):
         plots.spectrogram(wav, ax=ax, title=label)
+    for ax in list(axes.flat)[len(waves):]:
+        ax.set_visible(False)
     plt.show()
     return waves
 
