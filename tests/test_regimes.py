@@ -212,3 +212,11 @@ def test_killed_grid_resumes_without_redoing_finished_runs(tmp_path):
     assert sorted(p.name for p in (results / "runs" / "dccrn_budget-s4_logits-s1").iterdir()) == \
         ["config.yaml", "history.json", "metrics.json", "scores.csv"]
     assert (results / "map.png").stat().st_size > 0 and (results / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("grid", sorted((REPO / "configs" / "regimes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_grid_expands_into_valid_configs(grid, tmp_path):
+    plan = expand(load_grid(grid), tmp_path)      # expansion loads (validates) every run's config
+    kinds = {run.kind for run in plan.runs.values()}
+    assert {"scratch", "kd"} <= kinds and plan.pairs
+    assert all(p["kd"] in plan.runs and p["scratch"] in plan.runs for p in plan.pairs)
