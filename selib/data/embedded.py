@@ -10,6 +10,10 @@ disjoint sentences (every 10th line of the sentence list is test, the next one v
 from split-specific seeds, with babble made of that split's voices and speech-shaped noise following that
 split's long-term spectrum. Train SNRs are drawn from {-5, 0, 5, 10, 15} dB; valid and test cycle through the
 same SNRs so every test condition has the same number of mixtures.
+
+``task="room"`` builds the room task (dataset ``embedded-room``, docs/datasets.md "Room task") with the
+same machinery: many more talkers, a simulated room for most mixtures (the target keeps the direct path and
+early reflections, :mod:`selib.data.rooms`) and a second noise for half of them (:data:`ROOM`).
 Lesson ``00_data_and_listening``.
 """
 from __future__ import annotations
@@ -54,8 +58,7 @@ ROOM_VARIANTS = {
 EMBEDDED = {"embedded": {"task": "dry"}, "embedded-room": {"task": "room", "n_train": 3000}}
 ROOM = {"pitch": [20, 80], "rate": [130, 210], "rt60_range": [0.2, 0.8], "dry_share": 0.2,
         "rooms": {"train": 200, "valid": 24, "test": 40},   # per split, at most one per mixture
-        "second_noise_share": 0.5,
-        "second_noise_db": [-10.0, 0.0]}
+        "second_noise_share": 0.5, "second_noise_db": [-10.0, 0.0]}
 
 
 def build_embedded(root: str | Path = "data/embedded", seed: int = 0, n_train: int = 1000,
