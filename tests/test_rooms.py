@@ -11,6 +11,8 @@ from selib.data.noise import NOISE_TYPES
 from selib.data.rooms import EARLY_MS, early_part, reverberate, shoebox_rir
 from selib.data.tts import ACCENTS
 
+from bad_input import assert_one_line_error, run_selib  # tests/helpers
+
 SR = 16000
 
 
@@ -101,8 +103,6 @@ def test_room_mixtures_hold_the_manifest_snr_of_the_speech_heard_and_a_drier_tar
 
 
 def test_cli_verifies_a_room_corpus_and_names_what_it_cannot_build(room_corpus, tmp_path):
-    from bad_input import assert_one_line_error, run_selib
-
     out = run_selib("data", "verify", "embedded-room", "--root", room_corpus)
     assert out.returncode == 0, out.stderr
     assert f"{3 * 19} of {3 * 19} files match the manifest" in out.stdout

@@ -5,8 +5,14 @@ import pytest
 import soundfile as sf
 import torch
 
+from selib.config import load
 from selib.data import build_embedded, get_dataset
-from selib.data.transfer import NoisyFolder, WithTransfer, transfer_set
+from selib.data.transfer import NoisyFolder, NoisyOnly, WithTransfer, transfer_set
+from selib.train import Trainer
+
+import reference  # tests/helpers
+from bad_input import write_checkpoint
+from runner import SyntheticPairs
 
 DATA = {"name": "embedded", "segment_seconds": 0.5, "train_limit": 4}
 
@@ -96,13 +102,6 @@ class _OtherClean(torch.utils.data.Dataset):
 
 
 def _trainer(tmp_path, name, transfer_pairs, **config):
-    from runner import SyntheticPairs
-
-    from bad_input import write_checkpoint
-    from selib.config import load
-    from selib.data.transfer import NoisyOnly
-    from selib.train import Trainer
-
     teacher = tmp_path / "teacher.pt"
     if not teacher.exists():
         write_checkpoint(teacher, "dccrn", "tiny-student")
@@ -120,8 +119,6 @@ def _trainer(tmp_path, name, transfer_pairs, **config):
 
 
 def test_transfer_clean_signals_never_reach_the_loss(tmp_path):
-    from runner import SyntheticPairs
-
     pool = SyntheticPairs(6, 0.25, seed=7)
     runs = {}
     for name, transfer in [("zeros", _OtherClean(pool, 0.0)), ("loud", _OtherClean(pool, 0.9)),
@@ -134,9 +131,6 @@ def test_transfer_clean_signals_never_reach_the_loss(tmp_path):
 
 
 def test_kd_term_on_transfer_rows_is_the_method_loss_on_the_same_tensors(tmp_path):
-    import reference
-    from runner import SyntheticPairs
-
     trainer = _trainer(tmp_path, "direct", SyntheticPairs(6, 0.25, seed=7))
     batch = next(iter(trainer._loader(0)))
     noisy, clean, labelled = trainer.training_step.inputs(batch, torch.device("cpu"))
@@ -150,8 +144,6 @@ def test_kd_term_on_transfer_rows_is_the_method_loss_on_the_same_tensors(tmp_pat
 
 
 def test_two_step_schedule_trains_on_kd_alone_until_the_configured_step(tmp_path):
-    from runner import SyntheticPairs
-
     trainer = _trainer(tmp_path, "two-step", SyntheticPairs(6, 0.25, seed=7), kd__schedule="two-step",
                        kd__pretrain_share=0.5, kd__weight=2.0)
     assert [trainer.supervised(s) for s in range(4)] == [False, False, True, True]
